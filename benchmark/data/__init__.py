@@ -1,0 +1,1 @@
+"""Datasets on their real on-disk formats, and generators that write those formats."""

@@ -1,0 +1,1 @@
+"""Where representations come from: backbones with taps, checkpoint formats, the zoo, recipes."""

@@ -1,0 +1,1 @@
+"""Backbone families, one per module; each registers its architectures in ARCHS."""

@@ -1,0 +1,1 @@
+"""Pretraining recipes on one shared training loop."""

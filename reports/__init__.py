@@ -1,0 +1,1 @@
+"""Result records -> tables, plots, reference rows and the regression gate."""

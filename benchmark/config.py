@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, get_args, get_origin
@@ -43,46 +44,47 @@ def build_config(config_cls: type[C], overrides: Mapping[str, Any], owner: str) 
 
 def coerce(raw: str, annotation: Any, key: str, owner: str) -> Any:
     """Convert the string `raw` to `annotation` (bool, int, float, str, Literal, tuple[...], Optional)."""
-    origin, args = get_origin(annotation), get_args(annotation)
     try:
-        if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
-            if raw.lower() in ("none", "null", "") and type(None) in args:
-                return None
-            inner = [a for a in args if a is not type(None)]
-            return coerce(raw, inner[0], key, owner)
-        if origin is Literal:
-            if raw not in [str(a) for a in args]:
-                raise ValueError(f"one of {', '.join(map(str, args))}")
-            return next(a for a in args if str(a) == raw)
-        if origin is tuple:
-            item_type = args[0]
-            parts = [p for p in raw.replace(" ", "").split(",") if p]
-            return tuple(coerce(p, item_type, key, owner) for p in parts)
-        if annotation is bool:
-            lowered = raw.lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError("true or false")
-        if annotation is int:
-            return int(raw)
-        if annotation is float:
-            return float(raw)
-        if annotation is str:
-            return raw
+        return _convert(raw, annotation)
     except ValueError as exc:
-        expected = str(exc) if str(exc).startswith(("one of", "true")) else _type_name(annotation)
-        raise SslBenchError(
-            f"--set {key}={raw}: expected {expected} for {owner}") from None
-    raise TypeError(f"unsupported config field type {annotation!r} for {key}")
+        raise SslBenchError(f"--set {key}={raw}: expected {exc} for {owner}") from None
+
+
+def _convert(raw: str, annotation: Any) -> Any:
+    """The conversion itself; ValueError carries what was expected."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        if raw.lower() in ("none", "null", "") and type(None) in args:
+            return None
+        return _convert(raw, next(a for a in args if a is not type(None)))
+    if origin is Literal:
+        for choice in args:
+            if str(choice) == raw:
+                return choice
+        raise ValueError(f"one of {', '.join(map(str, args))}")
+    if origin is tuple:
+        parts = [p for p in raw.replace(" ", "").split(",") if p]
+        try:
+            return tuple(_convert(p, args[0]) for p in parts)
+        except ValueError:
+            raise ValueError(f"a comma-separated list of {_type_name(args[0])}") from None
+    if annotation is bool:
+        lowered = raw.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("true or false")
+    if annotation in (int, float, str):
+        try:
+            return annotation(raw)
+        except ValueError:
+            raise ValueError({int: "an integer", float: "a number"}.get(annotation, "a string")) from None
+    raise TypeError(f"unsupported config field type {annotation!r}")
 
 
 def _type_name(annotation: Any) -> str:
-    origin, args = get_origin(annotation), get_args(annotation)
-    if origin is tuple:
-        return f"a comma-separated list of {_type_name(args[0])}"
-    return {int: "an integer", float: "a number", str: "a string"}.get(annotation, str(annotation))
+    return {int: "integers", float: "numbers", str: "strings"}.get(annotation, str(annotation))
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -1,0 +1,204 @@
+"""`ssl-bench` command line: parse, call, print. Heavy imports happen inside the commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmark.errors import SslBenchError
+
+LISTABLE = ("protocols", "recipes", "datasets", "archs", "zoo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ssl-bench",
+        description="Measure pretrained visual representations the way papers do.",
+        epilog="Examples:\n"
+               "  ssl-bench run --checkpoint random:resnet18 --protocol knn --dataset fashion_mnist\n"
+               "  ssl-bench inspect ckpt.pth\n  ssl-bench list protocols\n"
+               "  ssl-bench make-data voc --out data/voc",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="evaluate a checkpoint with one protocol",
+                              description="Evaluate a checkpoint with one protocol and write a result record.")
+    run.add_argument("--checkpoint", required=True, metavar="SPEC",
+                     help="a checkpoint file, random:ARCH or zoo:NAME")
+    run.add_argument("--protocol", required=True, metavar="NAME", help="see `ssl-bench list protocols`")
+    run.add_argument("--dataset", metavar="NAME",
+                     help="dataset name (default: the protocol's); see `ssl-bench list datasets`")
+    run.add_argument("--data-root", type=Path, metavar="DIR",
+                     help="folder holding the dataset (for VOC: the folder holding VOCdevkit/)")
+    run.add_argument("--taps", metavar="T1,T2", type=_comma_list,
+                     help="layers to evaluate, e.g. conv1,res2,res3,res4,res5 (default: the protocol's)")
+    run.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
+                     help="where result records go (default: ./results)")
+    run.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a protocol setting; repeatable")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted run from its saved state")
+    run.add_argument("--allow-partial", action="store_true",
+                     help="accept a checkpoint that lacks some trunk weights (they stay random)")
+    run.add_argument("--arch", metavar="ARCH", help="architecture when the file does not name it")
+    run.add_argument("--format", dest="checkpoint_format", metavar="NAME",
+                     help="checkpoint format, overriding detection")
+    run.add_argument("--name", metavar="NAME", help="name of the checkpoint in results and reports")
+    run.add_argument("--seed", type=int, default=0, help="seed for everything random (default: 0)")
+    run.add_argument("--batch-size", type=int, default=64, help="images per forward (default: 64)")
+    run.add_argument("--workers", type=int, default=2, help="data loading processes (default: 2)")
+    run.add_argument("--limit", type=int, metavar="N",
+                     help="use only the first N images of each split (quick runs; recorded)")
+    run.add_argument("--cache", type=Path, metavar="DIR",
+                     help="feature cache (default: $SSL_BENCH_CACHE/features or ~/.cache/ssl-bench/features)")
+    run.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+    run.add_argument("--json", action="store_true", help="print the whole record as JSON")
+
+    inspect = commands.add_parser("inspect", help="show what a checkpoint holds and how it maps",
+                                  description="Detected format, architecture, matched/missing/"
+                                              "unexpected trunk keys and sha256 of a checkpoint.")
+    inspect.add_argument("spec", metavar="SPEC", help="a checkpoint file, random:ARCH or zoo:NAME")
+    inspect.add_argument("--arch", metavar="ARCH")
+    inspect.add_argument("--format", dest="checkpoint_format", metavar="NAME")
+    inspect.add_argument("--keys", action="store_true", help="list every key, not only counts")
+
+    listing = commands.add_parser("list", help="list protocols, recipes, datasets, archs or zoo entries")
+    listing.add_argument("what", choices=LISTABLE)
+
+    make_data = commands.add_parser("make-data", help="write a small generated dataset in a real on-disk format")
+    make_data.add_argument("kind", metavar="KIND", help="voc, nyuv2, folder or places205")
+    make_data.add_argument("--out", type=Path, required=True, metavar="DIR")
+    make_data.add_argument("--seed", type=int, default=0)
+    make_data.add_argument("--size", default=None, help="tiny or small (default: tiny)")
+    return parser
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from benchmark.config import parse_overrides
+    from benchmark.runner import RunOptions, default_cache_dir, run
+
+    options = RunOptions(
+        checkpoint=args.checkpoint, protocol=args.protocol, dataset=args.dataset, data_root=args.data_root,
+        taps=args.taps, results_dir=args.results, device=args.device,
+        overrides=parse_overrides(args.overrides), resume=args.resume, allow_partial=args.allow_partial,
+        arch=args.arch, checkpoint_format=args.checkpoint_format, name=args.name, seed=args.seed,
+        batch_size=_positive(args.batch_size, "--batch-size"), workers=max(0, args.workers),
+        limit=_positive(args.limit, "--limit") if args.limit is not None else None,
+        cache_dir=None if args.no_cache else (args.cache or default_cache_dir()))
+
+    def progress(iterable: Any, desc: str = "", total: int | None = None, **kwargs: Any) -> Any:
+        return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, **kwargs)
+
+    record, path = run(options, progress_factory=progress, log=_log)
+    if args.json:
+        print(json.dumps(record, indent=2, sort_keys=True))
+    else:
+        print(format_metrics(record))
+        print(f"result: {path}")
+    return 0
+
+
+def format_metrics(record: dict[str, Any]) -> str:
+    """A plain-text table: one row per tap, one column per metric."""
+    metrics = record["metrics"]
+    names = sorted({m for values in metrics.values() for m in values})
+    shown = [n for n in names if not isinstance(next(iter(metrics.values())).get(n), (list, dict))]
+    header = ["tap", *shown]
+    rows = [[tap, *[f"{values.get(m, float('nan')):.2f}" for m in shown]] for tap, values in metrics.items()]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
+    title = f"{record['protocol']['name']} on {record['dataset']['name']}: {record['checkpoint']['name']}"
+    return "\n".join([title, *lines])
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from checkpoints.formats import inspect_checkpoint
+
+    report = inspect_checkpoint(args.spec, arch=args.arch, fmt=args.checkpoint_format)
+    for key, value in report.items():
+        if isinstance(value, list):
+            print(f"{key}: {len(value)}")
+            if args.keys:
+                for item in value:
+                    print(f"  {item}")
+        else:
+            print(f"{key}: {value}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "zoo":
+        from checkpoints.zoo import list_zoo
+
+        for entry in list_zoo():
+            print(f"{entry.name:24s} {entry.arch:10s} {entry.method:14s} {entry.url}")
+        return 0
+    from benchmark.registry import ARCHS, DATASETS, PROTOCOLS, RECIPES
+
+    registry = {"protocols": PROTOCOLS, "recipes": RECIPES, "datasets": DATASETS, "archs": ARCHS}[args.what]
+    for name in registry.names():
+        print(f"{name:20s} {_summary(registry.get(name))}")
+    return 0
+
+
+def _summary(target: Any) -> str:
+    doc = (getattr(target, "__doc__", None) or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def cmd_make_data(args: argparse.Namespace) -> int:
+    from benchmark.data.synthetic import make_data
+
+    path = make_data(args.kind, args.out, seed=args.seed, size=args.size)
+    print(f"wrote {args.kind} data to {path}")
+    return 0
+
+
+def _positive(value: int, flag: str) -> int:
+    if value < 1:
+        raise SslBenchError(f"{flag} must be at least 1, got {value}")
+    return value
+
+
+def _log(message: str) -> None:
+    print(f"[ssl-bench] {message}", file=sys.stderr)
+
+
+COMMANDS = {"run": cmd_run, "inspect": cmd_inspect, "list": cmd_list, "make-data": cmd_make_data}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except SslBenchError as exc:
+        print(f"ssl-bench: error: {one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ssl-bench: interrupted; finished work is saved, rerun with --resume to continue",
+              file=sys.stderr)
+        return 130
+
+
+def one_line(message: str) -> str:
+    """The user-facing line of an error message (drops tracebacks that worker processes attach)."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return "unknown error"
+    last = lines[-1]
+    prefix = "benchmark.errors.SslBenchError: "
+    return last[len(prefix):] if last.startswith(prefix) else lines[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""run(options) -> result record: resolve checkpoint, protocol config, dataset; run; store atomically.
+
+The runner never names a protocol, dataset or architecture: it talks to the
+registries and the interfaces only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmark import __version__
+from benchmark.config import build_config, config_digest, config_to_dict
+from benchmark.errors import SslBenchError
+from benchmark.protocol import FeatureSet, Protocol, RunContext
+from benchmark.registry import DATASETS, PROTOCOLS
+from benchmark.results import SCHEMA_VERSION, PartialState, ResultStore, check_writable
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """Everything `ssl-bench run` accepts, with the CLI's defaults."""
+
+    checkpoint: str
+    protocol: str
+    dataset: str | None = None
+    data_root: Path | None = None
+    taps: tuple[str, ...] | None = None
+    results_dir: Path = Path("results")
+    device: str = "auto"
+    overrides: dict[str, str] = dataclasses.field(default_factory=dict)
+    resume: bool = False
+    allow_partial: bool = False
+    arch: str | None = None
+    checkpoint_format: str | None = None
+    name: str | None = None
+    seed: int = 0
+    batch_size: int = 64
+    workers: int = 0
+    limit: int | None = None
+    cache_dir: Path | None = None
+
+
+def default_cache_dir() -> Path:
+    """$SSL_BENCH_CACHE/features, else ~/.cache/ssl-bench/features."""
+    base = os.environ.get("SSL_BENCH_CACHE") or Path.home() / ".cache" / "ssl-bench"
+    return Path(base) / "features"
+
+
+def resolve_device(requested: str) -> torch.device:
+    """auto -> cuda when available else cpu; an explicit cuda without a GPU falls back to cpu with a log line."""
+    if requested not in ("auto", "cpu", "cuda") and not requested.startswith("cuda:"):
+        raise SslBenchError(f"--device must be auto, cpu or cuda[:N], got '{requested}'")
+    if requested == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    if requested == "auto":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device(requested)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run(options: RunOptions, progress_factory: Callable[..., Any] | None = None,
+        log: Callable[[str], None] | None = None) -> tuple[dict[str, Any], Path]:
+    """Evaluate one checkpoint with one protocol; returns the record and where it was written."""
+    from benchmark.distributed import init_distributed, is_main_process
+    from benchmark.features import FeatureExtractor
+    from checkpoints.formats import load_checkpoint
+
+    log = log or (lambda message: None)
+    progress_factory = progress_factory or _quiet_progress
+    started = time.perf_counter()
+
+    protocol_cls: type[Protocol] = PROTOCOLS.get(options.protocol)
+    config = build_config(protocol_cls.Config, options.overrides, owner=f"protocol '{options.protocol}'")
+    store = ResultStore(options.results_dir)
+    check_writable(options.results_dir)
+
+    dataset_name = options.dataset or protocol_cls.default_dataset
+    dataset = DATASETS.get(dataset_name)(root=options.data_root, limit=options.limit)
+    if dataset.task not in protocol_cls.supported_tasks:
+        raise SslBenchError(
+            f"protocol '{options.protocol}' needs a {' or '.join(protocol_cls.supported_tasks)} dataset; "
+            f"'{dataset_name}' is {dataset.task}")
+
+    distributed = init_distributed()
+    device = resolve_device(options.device)
+    if options.device.startswith("cuda") and device.type == "cpu":
+        log("CUDA requested but not available: running on the CPU")
+    seed_everything(options.seed)
+
+    checkpoint = load_checkpoint(options.checkpoint, arch=options.arch, allow_partial=options.allow_partial,
+                                 fmt=options.checkpoint_format, seed=options.seed)
+    checkpoint_name = options.name or checkpoint.name
+    backbone = checkpoint.backbone.to(device).eval()
+    taps = backbone.check_taps(options.taps or protocol_cls.default_taps or backbone.default_taps)
+
+    size = dataset.native_size or backbone.input_size
+    mean, std = dataset.normalization or (checkpoint.meta.get("mean", backbone.mean),
+                                          checkpoint.meta.get("std", backbone.std))
+    transform = dataset.eval_transform(tuple(mean), tuple(std), size)
+    transform_id = repr(transform)
+    load_seconds = time.perf_counter() - started
+
+    dataset_info = dataset.describe()
+    config_dict = config_to_dict(config)
+    digest = config_digest({"protocol": options.protocol, "version": protocol_cls.version,
+                            "config": config_dict, "dataset": dataset_info["digest"],
+                            "dataset_name": dataset_name, "taps": list(taps), "seed": options.seed,
+                            "checkpoint": checkpoint.sha256})
+    state = PartialState(store.partial_state(checkpoint_name, options.protocol, digest).path,
+                         resume=options.resume)
+    resumed_pieces = len(state)
+    if resumed_pieces:
+        log(f"resuming: {resumed_pieces} finished pieces found in {state.path}")
+
+    extractor = FeatureExtractor(backbone, checkpoint.sha256, device,
+                                 cache_dir=options.cache_dir, batch_size=options.batch_size,
+                                 workers=options.workers, progress=progress_factory)
+    extract_seconds = 0.0
+
+    def extract(split: str, wanted: tuple[str, ...]) -> FeatureSet:
+        nonlocal extract_seconds
+        if split not in dataset.splits:
+            raise SslBenchError(f"dataset '{dataset_name}' has no split '{split}'; "
+                                f"its splits: {', '.join(dataset.splits)}")
+        tick = time.perf_counter()
+        features = extractor.extract(dataset, split, backbone.check_taps(wanted), transform, transform_id)
+        extract_seconds += time.perf_counter() - tick
+        return features
+
+    context = RunContext(backbone=backbone, taps=taps, dataset=dataset, device=device, seed=options.seed,
+                         state=state, extract=extract, progress_factory=progress_factory, log=log)
+    protocol_started = time.perf_counter()
+    result = protocol_cls().run(context, config)
+    protocol_seconds = time.perf_counter() - protocol_started
+    _check_metrics(result.metrics, taps, options.protocol)
+
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "checkpoint": {**checkpoint.describe(), "name": checkpoint_name, "spec": options.checkpoint},
+        "protocol": {"name": options.protocol, "version": protocol_cls.version},
+        "config": config_dict,
+        "config_digest": digest,
+        "dataset": {**dataset_info, "name": dataset_name},
+        "taps": list(taps),
+        "preprocessing": {"size": size, "mean": list(mean), "std": list(std), "transform": transform_id,
+                          "pooling": {tap: extractor.pooling(tap).describe() for tap in taps}},
+        "metrics": result.metrics,
+        "details": result.details,
+        "seed": options.seed,
+        "versions": environment_versions(),
+        "device": {"type": device.type, "name": _device_name(device), "distributed": distributed,
+                   "torch_threads": torch.get_num_threads()},
+        "timings": {"load_s": round(load_seconds, 3), "extract_s": round(extract_seconds, 3),
+                    "protocol_s": round(protocol_seconds - extract_seconds, 3),
+                    "total_s": round(time.perf_counter() - started, 3)},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "resumed_pieces": resumed_pieces,
+    }
+    if not is_main_process():
+        return record, Path()
+    path = store.write(record)
+    state.discard()
+    return record, path
+
+
+def _check_metrics(metrics: dict[str, dict[str, float]], taps: tuple[str, ...], protocol: str) -> None:
+    missing = [tap for tap in taps if tap not in metrics]
+    if missing:
+        raise RuntimeError(f"protocol '{protocol}' returned no metrics for taps {missing}")
+    for tap, values in metrics.items():
+        for metric, value in values.items():
+            if not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise RuntimeError(f"protocol '{protocol}' returned {metric}={value!r} for tap {tap}")
+
+
+def _quiet_progress(iterable: Any, **_: Any) -> Any:
+    return iterable
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def environment_versions() -> dict[str, str | None]:
+    """Versions of everything that can move a number, plus the git hash of this source tree."""
+    import faiss
+    import sklearn
+    import torchvision
+
+    return {"ssl_bench": __version__, "git": _git_hash(), "python": sys.version.split()[0],
+            "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "numpy": np.__version__, "sklearn": sklearn.__version__,
+            "faiss": getattr(faiss, "__version__", None)}
+
+
+def _git_hash() -> str | None:
+    source = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True,
+                             text=True, timeout=5, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None

@@ -20,7 +20,7 @@ class ImageDataset(ABC):
 
     Labels: `multiclass` -> int64 (N,) class indices; `multilabel` -> int8 (N, C)
     with 1 present, 0 absent, -1 difficult-only (VOC); `dense` -> per-pixel
-    targets read by the protocol through `open_targets`.
+    targets read by the protocol through `targets(split, i)`.
     """
 
     name: ClassVar[str]

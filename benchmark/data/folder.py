@@ -1,0 +1,82 @@
+"""Any labelled image folder: root/train/<class>/<image> and root/val/<class>/<image>, classes sorted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch.utils.data
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+from benchmark.data.base import ImageDataset
+from benchmark.data.images import Digest, ImageFiles, check_split, first, require_dir, require_root
+from benchmark.errors import SslBenchError
+from benchmark.registry import DATASETS
+
+_HINT = ("pass --data-root pointing at a folder holding train/<class>/ and val/<class>/ image folders "
+         "(or write a small one with `ssl-bench make-data folder --out DIR`)")
+
+
+@DATASETS.register("folder")
+class ImageFolder(ImageDataset):
+    """Class-per-folder images; the classes are train/'s sub-folders, sorted; val/ may lack some."""
+
+    name = "folder"
+    task = "multiclass"
+    splits = ("train", "val")
+    train_split = "train"
+    test_split = "val"
+
+    def __init__(self, root: Path | None, limit: int | None = None) -> None:
+        super().__init__(root, limit)
+        self.base = require_root(self.name, root, _HINT)
+        for split in self.splits:
+            require_dir(self.base / split, f"'{split}' split", _HINT)
+        try:
+            self._classes, self._class_to_idx = find_classes(self.base / "train")
+        except FileNotFoundError:
+            raise SslBenchError(f"no class folders in {self.base / 'train'}; {_HINT}") from None
+        self._samples: dict[str, list[tuple[str, int]]] = {}
+        self._digest: str | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self._classes)
+
+    def _split_samples(self, split: str) -> list[tuple[str, int]]:
+        """(path relative to root/split, label) pairs, by class then file name."""
+        check_split(self.name, split, self.splits)
+        if split not in self._samples:
+            folder = self.base / split
+            extra = sorted(set(p.name for p in folder.iterdir() if p.is_dir()) - set(self._classes))
+            if extra:
+                raise SslBenchError(f"class folder {folder / extra[0]} has no counterpart in "
+                                    f"{self.base / 'train'}; every class must have training images")
+            try:
+                samples = make_dataset(folder, self._class_to_idx, extensions=IMG_EXTENSIONS,
+                                       allow_empty=split != "train")
+            except FileNotFoundError as error:
+                raise SslBenchError(f"{folder}: {str(error).splitlines()[0]}") from None
+            pairs = [(Path(path).relative_to(folder).as_posix(), label) for path, label in samples]
+            self._samples[split] = first(pairs, self.limit)
+        return self._samples[split]
+
+    def ids(self, split: str) -> list[str]:
+        return [name for name, _ in self._split_samples(split)]
+
+    def labels(self, split: str) -> np.ndarray:
+        return np.asarray([label for _, label in self._split_samples(split)], dtype=np.int64)
+
+    def open_split(self, split: str, transform: Any) -> torch.utils.data.Dataset:
+        return ImageFiles([self.base / split / name for name in self.ids(split)], transform)
+
+    def digest(self) -> str:
+        if self._digest is None:
+            digest = Digest()
+            digest.add(*self._classes)
+            for split in self.splits:
+                digest.add(split, *self.ids(split), self.labels(split).tobytes())
+                digest.add_files(self.base, [self.base / split / name for name in self.ids(split)])
+            self._digest = digest.hexdigest()
+        return self._digest

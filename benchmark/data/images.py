@@ -1,0 +1,106 @@
+"""Helpers shared by the file-based datasets: path and split checks, image loading, digests."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch.utils.data
+from PIL import Image
+
+from benchmark.errors import SslBenchError, did_you_mean
+
+T = TypeVar("T")
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Open an image file as a fully decoded PIL RGB image; an unreadable file raises SslBenchError naming it."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise SslBenchError(f"cannot read image {path} ({reason}); replace or re-extract this file") from error
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Item i is (transform(RGB image of paths[i]), i)."""
+
+    def __init__(self, paths: Sequence[Path], transform: Callable[[Image.Image], Any] | None) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image = load_rgb(self.paths[index])
+        return (self.transform(image) if self.transform is not None else image), index
+
+
+def check_split(dataset: str, split: str, splits: Iterable[str]) -> None:
+    """Raise SslBenchError when `split` is not one of the dataset's splits."""
+    splits = list(splits)
+    if split not in splits:
+        raise SslBenchError(f"dataset '{dataset}' has no split '{split}'.{did_you_mean(split, splits)} "
+                            f"Splits: {', '.join(splits)}")
+
+
+def require_root(dataset: str, root: Path | None, hint: str) -> Path:
+    """The dataset root as a Path; None or a missing folder raises SslBenchError with `hint`."""
+    if root is None:
+        raise SslBenchError(f"dataset '{dataset}' needs --data-root: {hint}")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise SslBenchError(f"data root {root} of dataset '{dataset}' is not a folder: {hint}")
+    return root
+
+
+def require_file(path: Path, what: str, hint: str) -> Path:
+    """`path` when it is a file, else SslBenchError naming it."""
+    if not path.is_file():
+        raise SslBenchError(f"missing {what} {path}: {hint}")
+    return path
+
+
+def require_dir(path: Path, what: str, hint: str) -> Path:
+    """`path` when it is a folder, else SslBenchError naming it."""
+    if not path.is_dir():
+        raise SslBenchError(f"missing {what} folder {path}: {hint}")
+    return path
+
+
+def first(items: Sequence[T], limit: int | None) -> list[T]:
+    """The first `limit` items (all when limit is None)."""
+    return list(items if limit is None else items[:limit])
+
+
+def file_size(path: Path) -> int:
+    """Size of a listed file in bytes; a missing file raises SslBenchError naming it."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        raise SslBenchError(f"listed file {path} does not exist; restore it or fix the split list") from None
+
+
+class Digest:
+    """sha256 over a stream of fields, each written with its length so that concatenations cannot collide."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+
+    def add(self, *fields: str | bytes | int) -> None:
+        for field in fields:
+            data = field if isinstance(field, bytes) else str(field).encode()
+            self._hash.update(len(data).to_bytes(8, "little"))
+            self._hash.update(data)
+
+    def add_files(self, base: Path, paths: Iterable[Path]) -> None:
+        """Add each file's name relative to `base` and its size."""
+        for path in paths:
+            self.add(path.relative_to(base).as_posix(), file_size(path))
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 from abc import abstractmethod
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from benchmark.errors import SslBenchError
 from benchmark.registry import ARCHS
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Stage = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,18 +29,36 @@ class Tap:
 
 
 class Backbone(nn.Module):
-    """A trunk whose forward returns the requested taps, stopping after the deepest one."""
+    """A trunk whose forward returns the requested taps, stopping after the deepest one.
+
+    Subclasses set `taps` (in forward order) and `default_taps`, and implement
+    `stages()`: one callable per tap, each taking the previous stage's output.
+    """
 
     arch: str
-    taps: ClassVar[tuple[Tap, ...]]
-    default_taps: ClassVar[tuple[str, ...]]
+    taps: tuple[Tap, ...]
+    default_taps: tuple[str, ...]
     input_size: int = 224
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
 
     @abstractmethod
+    def stages(self) -> Sequence[Stage]:
+        """One callable per entry of `taps`, in the same order, chained output to input."""
+
     def forward_taps(self, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
         """Raw (unpooled) maps for `names`; globally pooled taps come back as (B, C)."""
+        wanted = set(self.check_taps(names))
+        order = [t.name for t in self.taps]
+        if not wanted:
+            return {}
+        deepest = max(order.index(n) for n in wanted)
+        out: dict[str, torch.Tensor] = {}
+        for name, stage in zip(order[:deepest + 1], self.stages()):
+            x = stage(x)
+            if name in wanted:
+                out[name] = x
+        return out
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.forward_taps(x, [t.name for t in self.taps])
@@ -58,3 +81,10 @@ def build_backbone(arch: str, **kwargs: Any) -> Backbone:
     model = builder(**kwargs)
     model.arch = arch
     return model
+
+
+def build_seeded(arch: str, seed: int, **kwargs: Any) -> Backbone:
+    """`build_backbone` with its random init drawn from `seed`, leaving the global RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_backbone(arch, **kwargs)

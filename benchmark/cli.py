@@ -97,7 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cache_dir=None if args.no_cache else (args.cache or default_cache_dir()))
 
     def progress(iterable: Any, desc: str = "", total: int | None = None, **kwargs: Any) -> Any:
-        return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, **kwargs)
+        return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, disable=None, **kwargs)
 
     record, path = run(options, progress_factory=progress, log=_log)
     if args.json:

@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="accept a checkpoint that lacks some trunk weights (they stay random)")
     run.add_argument("--arch", metavar="ARCH", help="architecture when the file does not name it")
     run.add_argument("--format", dest="checkpoint_format", metavar="NAME",
-                     help="checkpoint format, overriding detection")
+                     help="checkpoint format, overriding detection: native, torchvision, timm, vissl, "
+                          "moco, dino, dino_student, prefixed (BYOL/solo-learn/lightly), sequential, detectron2")
     run.add_argument("--name", metavar="NAME", help="name of the checkpoint in results and reports")
     run.add_argument("--seed", type=int, default=0, help="seed for everything random (default: 0)")
     run.add_argument("--batch-size", type=int, default=64, help="images per forward (default: 64)")
@@ -111,8 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def format_metrics(record: dict[str, Any]) -> str:
     """A plain-text table: one row per tap, one column per metric."""
     metrics = record["metrics"]
-    names = sorted({m for values in metrics.values() for m in values})
-    shown = [n for n in names if not isinstance(next(iter(metrics.values())).get(n), (list, dict))]
+    shown = list(dict.fromkeys(m for values in metrics.values() for m in values))
     header = ["tap", *shown]
     rows = [[tap, *[f"{values.get(m, float('nan')):.2f}" for m in shown]] for tap, values in metrics.items()]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
@@ -131,6 +131,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             if args.keys:
                 for item in value:
                     print(f"  {item}")
+        elif isinstance(value, dict):
+            print(f"{key}: {json.dumps(value, sort_keys=True)}")
         else:
             print(f"{key}: {value}")
     return 0

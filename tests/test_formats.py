@@ -233,7 +233,7 @@ def test_infer_arch_from_keys_and_shapes():
 # ------------------------------------------------------------------------------------------- bad inputs
 
 
-def one_line_error(call: Callable[[], object], *fragments: str) -> str:
+def assert_one_line_error(call: Callable[[], object], *fragments: str) -> str:
     with pytest.raises(SslBenchError) as info:
         call()
     message = str(info.value)
@@ -260,17 +260,17 @@ def test_pickle_that_needs_code_is_refused_without_running_it(how, tmp_path):
         torch.save(payload, path)
     else:
         path.write_bytes(pickle.dumps(payload, protocol=int(how[-1])))
-    message = one_line_error(lambda: load_checkpoint(str(path)), "evil.pth", "refusing to load")
+    message = assert_one_line_error(lambda: load_checkpoint(str(path)), "evil.pth", "refusing to load")
     if how != "pickle_protocol_4":
         assert "posix.system" in message or "nt.system" in message
-    one_line_error(lambda: inspect_checkpoint(str(path)), "evil.pth")
+    assert_one_line_error(lambda: inspect_checkpoint(str(path)), "evil.pth")
     assert not marker.exists()
 
 
 def test_checkpoint_with_objects_names_the_class(tmp_path):
     path = tmp_path / "full.pth"
     torch.save({"teacher": {}, "args": argparse.Namespace(arch="resnet50")}, path)
-    one_line_error(lambda: load_checkpoint(str(path)), "full.pth", "argparse.Namespace", "state_dict")
+    assert_one_line_error(lambda: load_checkpoint(str(path)), "full.pth", "argparse.Namespace", "state_dict")
 
 
 @pytest.mark.parametrize("kind", ["missing", "directory", "random_bytes", "json", "empty", "zip_not_torch",
@@ -300,24 +300,24 @@ def test_files_that_are_not_checkpoints(kind, tmp_path):
         path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 16)
     fragments = {"missing": ["not found"], "directory": ["directory"], "unknown_layout": ["no known checkpoint layout",
                  "weights, epoch"], "no_trunk_keys": ["architecture", "--arch"], "tensor": ["Tensor"]}
-    one_line_error(lambda: load_checkpoint(str(path)), path.name, *fragments.get(kind, []))
+    assert_one_line_error(lambda: load_checkpoint(str(path)), path.name, *fragments.get(kind, []))
 
 
 def test_arch_mismatch_names_both_and_what_was_detected(r18, tmp_path):
     path = tmp_path / "r18.pth"
     torch.save(r18, path)
-    one_line_error(lambda: load_checkpoint(str(path), arch="resnet50"), "resnet18 weights", "resnet50",
+    assert_one_line_error(lambda: load_checkpoint(str(path), arch="resnet50"), "resnet18 weights", "resnet50",
                    "--arch resnet18")
     cifar = tmp_path / "cifar.pth"
     torch.save(build_backbone("resnet18_cifar").state_dict(), cifar)
-    one_line_error(lambda: load_checkpoint(str(cifar), arch="resnet18"), "resnet18_cifar", "resnet18")
-    one_line_error(lambda: load_checkpoint(str(path), arch="resnet5"), "unknown architecture 'resnet5'")
+    assert_one_line_error(lambda: load_checkpoint(str(cifar), arch="resnet18"), "resnet18_cifar", "resnet18")
+    assert_one_line_error(lambda: load_checkpoint(str(path), arch="resnet5"), "unknown architecture 'resnet5'")
 
 
 def test_unregistered_architecture_is_named(tmp_path):
     path = tmp_path / "r34.pth"
     torch.save(torchvision.models.resnet34(weights=None).state_dict(), path)
-    one_line_error(lambda: load_checkpoint(str(path)), "resnet34", "does not have", "resnet18")
+    assert_one_line_error(lambda: load_checkpoint(str(path)), "resnet34", "does not have", "resnet18")
 
 
 def test_missing_keys_are_an_error_unless_allow_partial(r18, tmp_path):
@@ -325,7 +325,7 @@ def test_missing_keys_are_an_error_unless_allow_partial(r18, tmp_path):
     path = tmp_path / "partial.pth"
     torch.save(partial, path)
     n_missing = len([k for k in r18 if k.startswith("layer4.") and "num_batches" not in k])
-    message = one_line_error(lambda: load_checkpoint(str(path)), "partial.pth", f"missing {n_missing} of",
+    message = assert_one_line_error(lambda: load_checkpoint(str(path)), "partial.pth", f"missing {n_missing} of",
                              "layer4.0.conv1.weight", "--allow-partial")
     assert message.count("layer4.") <= 6
     loaded = load_checkpoint(str(path), allow_partial=True, seed=5)
@@ -339,7 +339,7 @@ def test_shape_mismatch_names_the_key(r18, tmp_path):
     bad["layer2.0.conv1.weight"] = torch.ones(128, 64, 5, 5)
     path = tmp_path / "shape.pth"
     torch.save(bad, path)
-    one_line_error(lambda: load_checkpoint(str(path)), "layer2.0.conv1.weight", "(128, 64, 5, 5)", "(128, 64, 3, 3)")
+    assert_one_line_error(lambda: load_checkpoint(str(path)), "layer2.0.conv1.weight", "(128, 64, 5, 5)", "(128, 64, 3, 3)")
 
 
 @pytest.mark.parametrize("key, value", [("layer2.0.conv1.weight", math.nan), ("bn1.running_var", math.inf)])
@@ -349,7 +349,7 @@ def test_nan_or_inf_names_the_tensor(r18, tmp_path, key, value):
     bad[key].view(-1)[3] = value
     path = tmp_path / "nonfinite.pth"
     torch.save(bad, path)
-    one_line_error(lambda: load_checkpoint(str(path), allow_partial=True), key, "NaN or Inf")
+    assert_one_line_error(lambda: load_checkpoint(str(path), allow_partial=True), key, "NaN or Inf")
     assert inspect_checkpoint(str(path))["nonfinite"] == [key]
 
 

@@ -16,6 +16,7 @@ import faiss
 import numpy as np
 
 from benchmark.errors import SslBenchError, did_you_mean
+from benchmark.features import check_features
 from benchmark.protocol import FeatureSet, Protocol, ProtocolResult, RunContext
 from benchmark.registry import PROTOCOLS
 
@@ -237,20 +238,11 @@ def _checked(fs: FeatureSet, tap: str, split: str) -> tuple[np.ndarray, np.ndarr
     """(features, labels) of one tap and split, or SslBenchError when they cannot be used."""
     X = np.asarray(fs.features[tap])
     y = np.asarray(fs.labels)
-    if X.ndim != 2:
-        raise SslBenchError(
-            f"knn: features of tap '{tap}' on split '{split}' have shape {X.shape}, expected (N, D); "
-            "pick a pooled tap such as res5avg")
     if len(X) == 0:
         raise SslBenchError(f"knn: split '{split}' has no images; check --data-root and the split lists")
-    if (y.ndim != 1 or len(y) != len(X) or not np.issubdtype(y.dtype, np.integer)
-            or y.min() < 0):
+    check_features(X, y, tap=tap, split=split)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
         raise SslBenchError(
             f"knn: split '{split}' needs one class index >= 0 per image (got labels of shape "
-            f"{y.shape}, dtype {y.dtype} for {len(X)} images); knn supports multiclass datasets only")
-    bad = int((~np.isfinite(X)).any(1).sum())
-    if bad:
-        raise SslBenchError(
-            f"knn: tap '{tap}' on split '{split}' has NaN/Inf features in {bad} of {len(X)} images; "
-            "check the checkpoint (diverged training?) or clear the feature cache")
+            f"{y.shape}, dtype {y.dtype}); knn supports multiclass datasets only")
     return X, y

@@ -224,7 +224,7 @@ def test_resume_skips_finished_taps(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("bad, split, message", [
-    ("nan", "test", "tap 'res5avg' on split 'test' has NaN/Inf"),
+    ("nan", "test", "tap 'res5avg' on split 'test' are NaN/Inf"),
     ("empty", "train", "split 'train' has no images"),
 ])
 def test_unusable_features_raise_user_errors(tmp_path, bad: str, split: str, message: str) -> None:

@@ -1,0 +1,183 @@
+"""The batched SVM solver against sklearn's LinearSVC (liblinear) and float64 formulas."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score
+from sklearn.svm import LinearSVC
+
+from benchmark.errors import SslBenchError
+from protocols.svm import BatchedLinearSVC, normalize_features
+
+COSTS = [0.01, 0.1, 1.0, 10.0, 100.0]
+
+
+def _problem(n: int, dim: int, columns: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Non-negative normalised features, noisy linear labels (0/1) and random training masks."""
+    rng = np.random.default_rng(seed)
+    X = normalize_features(np.abs(rng.normal(size=(n, dim)) + 0.5 * rng.normal(size=(n, 1))))
+    scores = (X - X.mean(0)) @ rng.normal(size=(dim, columns))
+    Y = (scores > 0.8 * scores.std(0)).astype(np.int64)
+    Y[rng.random(Y.shape) < 0.1] ^= 1
+    mask = rng.random(Y.shape) < 0.75
+    return X, Y, mask
+
+
+def _objective(X: np.ndarray, y01: np.ndarray, w: np.ndarray, b: float, C: float,
+               pos: float = 2.0, neg: float = 1.0) -> float:
+    """liblinear's primal objective in float64 (intercept penalised as a weight)."""
+    w64, X64 = w.astype(np.float64), X.astype(np.float64)
+    y = np.where(y01 > 0, 1.0, -1.0)
+    slack = np.maximum(0.0, 1.0 - y * (X64 @ w64 + float(b)))
+    return 0.5 * (w64 @ w64 + float(b) ** 2) + C * float(np.sum(np.where(y01 > 0, pos, neg) * slack ** 2))
+
+
+def _liblinear(X: np.ndarray, y: np.ndarray, C: float, tol: float = 1e-4) -> LinearSVC:
+    return LinearSVC(C=C, class_weight={1: 2.0, 0: 1.0}, penalty="l2", loss="squared_hinge", dual=True,
+                     max_iter=100000, tol=tol, random_state=0).fit(X, y)
+
+
+@pytest.fixture(scope="module", params=[(300, 64), (400, 600)], ids=["N>D", "N<D"])
+def fitted(request):
+    X, Y, mask = _problem(*request.param, columns=4, seed=sum(request.param))
+    return X, Y, mask, BatchedLinearSVC(COSTS).fit(X, Y, mask)
+
+
+def test_batched_matches_liblinear(fitted):
+    X, Y, mask, svm = fitted
+    assert svm.coef_.shape == (len(COSTS), 4, X.shape[1]) and svm.coef_.dtype == np.float32
+    assert svm.intercept_.shape == (len(COSTS), 4) and svm.n_iter_.shape == (len(COSTS), 4)
+    scores = svm.decision_function(X)
+    assert scores.shape == (len(COSTS), X.shape[0], 4)
+    for c, C in enumerate(COSTS):
+        for m in range(4):
+            rows = mask[:, m]
+            ref = _liblinear(X[rows], Y[rows, m], C, tol=1e-6 if C <= 10 else 1e-4)
+            ours = _objective(X[rows], Y[rows, m], svm.coef_[c, m], svm.intercept_[c, m], C)
+            theirs = _objective(X[rows], Y[rows, m], ref.coef_[0], ref.intercept_[0], C)
+            assert ours <= theirs * (1 + 1e-5), (C, m, ours, theirs)
+            if C <= 10:
+                w_ref = np.append(ref.coef_[0], ref.intercept_[0])
+                w = np.append(svm.coef_[c, m], svm.intercept_[c, m])
+                assert np.linalg.norm(w - w_ref) <= 2e-3 * np.linalg.norm(w_ref), (C, m)
+                np.testing.assert_allclose(scores[c, :, m], ref.decision_function(X), atol=2e-3 * np.abs(
+                    ref.decision_function(X)).max())
+            held = ~rows
+            ap, ap_ref = (average_precision_score(Y[held, m], s[held])
+                          for s in (scores[c, :, m], ref.decision_function(X)))
+            assert abs(ap - ap_ref) <= 0.003, (C, m, ap, ap_ref)
+
+
+def test_sklearn_solver_is_linearsvc():
+    X, Y, mask = _problem(200, 32, columns=3, seed=1)
+    svm = BatchedLinearSVC([0.1, 5.0], solver="sklearn").fit(X, Y, mask)
+    for c, C in enumerate([0.1, 5.0]):
+        for m in range(3):
+            rows = mask[:, m]
+            ref = LinearSVC(C=C, class_weight={1: 2.0, 0: 1.0}, penalty="l2", loss="squared_hinge", dual=True,
+                            max_iter=2000, tol=1e-4, random_state=0).fit(X[rows], Y[rows, m])
+            np.testing.assert_allclose(svm.coef_[c, m], ref.coef_[0], rtol=1e-6, atol=1e-7)
+            assert svm.intercept_[c, m] == pytest.approx(ref.intercept_[0], rel=1e-6)
+
+
+@pytest.mark.parametrize("solver", ["batched", "sklearn"])
+def test_mask_excludes_rows(solver):
+    X, Y, _ = _problem(250, 40, columns=1, seed=2)
+    mask = np.ones(Y.shape, bool)
+    mask[:20] = False
+    wild = Y.copy()
+    wild[:20] = 1 - wild[:20]
+    a = BatchedLinearSVC([1.0], solver=solver).fit(X, Y, mask)
+    b = BatchedLinearSVC([1.0], solver=solver).fit(X, wild, mask)
+    c = BatchedLinearSVC([1.0], solver=solver).fit(X[20:], Y[20:])
+    np.testing.assert_allclose(a.coef_, b.coef_, atol=1e-6)
+    np.testing.assert_allclose(a.coef_, c.coef_, atol=1e-4 * np.abs(c.coef_).max())
+    assert not np.allclose(a.coef_, BatchedLinearSVC([1.0], solver=solver).fit(X, wild).coef_, atol=1e-3)
+
+
+def test_class_weights_matter():
+    X, Y, mask = _problem(250, 40, columns=2, seed=3)
+    default = BatchedLinearSVC([1.0]).fit(X, Y, mask)
+    swapped = BatchedLinearSVC([1.0], pos_weight=1.0, neg_weight=2.0).fit(X, Y, mask)
+    assert np.abs(default.coef_ - swapped.coef_).max() > 1e-2
+    for m in range(2):
+        rows = mask[:, m]
+        ref = LinearSVC(C=1.0, class_weight={1: 1.0, 0: 2.0}, dual=True, max_iter=100000, tol=1e-6,
+                        random_state=0).fit(X[rows], Y[rows, m])
+        np.testing.assert_allclose(swapped.coef_[0, m], ref.coef_[0], atol=2e-3 * np.abs(ref.coef_).max())
+
+
+def test_stacked_columns_equal_separate_fits():
+    X, Y, mask = _problem(300, 50, columns=3, seed=4)
+    together = BatchedLinearSVC([0.5, 20.0]).fit(X, Y, mask)
+    for m in range(3):
+        alone = BatchedLinearSVC([0.5, 20.0]).fit(X, Y[:, [m]], mask[:, [m]])
+        np.testing.assert_allclose(together.coef_[:, m], alone.coef_[:, 0], atol=1e-4)
+
+
+def test_unsorted_costs_follow_the_given_order():
+    X, Y, _ = _problem(200, 30, columns=2, seed=5)
+    forward = BatchedLinearSVC([0.1, 10.0]).fit(X, Y)
+    backward = BatchedLinearSVC([10.0, 0.1]).fit(X, Y)
+    np.testing.assert_allclose(forward.coef_[::-1], backward.coef_, atol=1e-5)
+
+
+@pytest.mark.parametrize("solver", ["batched", "sklearn"])
+def test_column_without_positives_is_a_user_error(solver):
+    X, Y, mask = _problem(100, 10, columns=3, seed=6)
+    Y[:, 1] = 0
+    with pytest.raises(SslBenchError, match="column 1 "):
+        BatchedLinearSVC([1.0], solver=solver).fit(X, Y, mask)
+    Y[:, 1] = 1
+    Y[~mask[:, 1], 1] = 0
+    with pytest.raises(SslBenchError, match="column 1 "):
+        BatchedLinearSVC([1.0], solver=solver).fit(X, Y, mask)
+
+
+@pytest.mark.parametrize("kwargs", [{"costs": []}, {"costs": [0.0]}, {"costs": [1.0], "tol": -1.0},
+                                    {"costs": [1.0], "solver": "liblinear"}])
+def test_bad_parameters_are_user_errors(kwargs):
+    X, Y, _ = _problem(50, 5, columns=1, seed=7)
+    with pytest.raises(SslBenchError):
+        BatchedLinearSVC(**kwargs).fit(X, Y)
+
+
+def test_bad_shapes_are_user_errors():
+    X, Y, mask = _problem(50, 5, columns=2, seed=8)
+    with pytest.raises(SslBenchError, match="labels"):
+        BatchedLinearSVC([1.0]).fit(X, Y[:-1])
+    with pytest.raises(SslBenchError, match="mask"):
+        BatchedLinearSVC([1.0]).fit(X, Y, mask[:, :1])
+    Y[0, 0] = -1
+    with pytest.raises(SslBenchError, match="labels"):
+        BatchedLinearSVC([1.0]).fit(X, Y)
+    mask[0, 0] = False
+    svm = BatchedLinearSVC([1.0]).fit(X, Y, mask)
+    with pytest.raises(SslBenchError, match="features"):
+        svm.decision_function(X[:, :3])
+
+
+def test_progress_wraps_the_cost_path():
+    X, Y, _ = _problem(80, 8, columns=2, seed=9)
+    seen = []
+
+    def progress(iterable, desc, total):
+        seen.append((desc, total))
+        return iterable
+
+    BatchedLinearSVC([1.0, 2.0, 3.0], progress=progress).fit(X, Y)
+    BatchedLinearSVC([1.0, 2.0, 3.0], solver="sklearn", progress=progress).fit(X, Y)
+    assert [total for _, total in seen] == [3, 6]
+
+
+def test_normalize_features_is_the_float64_formula():
+    rng = np.random.default_rng(10)
+    X = rng.normal(size=(30, 17)) * rng.uniform(0.01, 100, size=(30, 1))
+    X[0] = 0.0
+    expected = X / (np.sqrt((X.astype(np.float64) ** 2).sum(1, keepdims=True)) + 1e-5)
+    out = normalize_features(X.astype(np.float32))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-7)
+    with pytest.raises(SslBenchError):
+        normalize_features(X[0])

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import re
-import types
 
 import faiss
 import numpy as np
 import pytest
+from fakes import fake_context
 import torch
 
 from benchmark.config import build_config
 from benchmark.errors import SslBenchError
-from benchmark.protocol import FeatureSet, RunContext
-from benchmark.results import PartialState
+from benchmark.protocol import RunContext
 from protocols.knn import KnnConfig, KnnProtocol, WeightedKnn, true_class_rank
 
 KS = (1, 5, 10, 20, 100, 200)
@@ -149,24 +148,14 @@ def clusters(n_classes: int, per_class: int, dim: int, seed: int) -> tuple[np.nd
 
 
 def make_ctx(tmp_path, taps, splits, calls=None, chunks=None) -> RunContext:
-    """A RunContext whose extract serves arrays from `splits[split] = (X, y)` for every tap."""
-    def extract(split: str, taps_: tuple[str, ...]) -> FeatureSet:
-        if calls is not None:
-            calls.append((split, taps_))
-        X, y = splits[split]
-        return FeatureSet({t: X for t in taps_}, y, [f"{split}{i}" for i in range(len(y))])
-
+    """A fake context that also records the progress descriptions in `chunks`."""
     def progress(iterable, **kwargs):
         for item in iterable:
             if chunks is not None:
                 chunks.append(kwargs["desc"])
             yield item
 
-    return RunContext(backbone=None, taps=tuple(taps),
-                      dataset=types.SimpleNamespace(train_split="train", test_split="test"),
-                      device=torch.device("cpu"), seed=0,
-                      state=PartialState(tmp_path / "state.json"), extract=extract,
-                      progress_factory=progress, log=lambda m: None)
+    return fake_context(tmp_path, taps, splits, calls=calls, progress=progress)
 
 
 def test_protocol_on_separated_clusters(tmp_path) -> None:

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import types
 import warnings
 
 import numpy as np
 import pytest
-import torch
+from fakes import fake_context, reference_ap
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 
 from benchmark.config import build_config
 from benchmark.errors import SslBenchError
-from benchmark.protocol import FeatureSet, RunContext
+from benchmark.protocol import RunContext
 from benchmark.results import PartialState
 from protocols import svm as svm_module
 from protocols.lowshot import LowshotConfig, LowshotProtocol, draw_multiclass, draw_multilabel
@@ -39,28 +38,7 @@ def multiclass_data(per_class: list[int], dim: int, seed: int) -> tuple[np.ndarr
 
 
 def make_ctx(tmp_path, taps, splits, state=None) -> RunContext:
-    def extract(split: str, wanted: tuple[str, ...]) -> FeatureSet:
-        X, labels = splits[split]
-        return FeatureSet({t: X for t in wanted}, labels, [f"{split}{i}" for i in range(len(labels))])
-
-    return RunContext(backbone=None, taps=tuple(taps),
-                      dataset=types.SimpleNamespace(train_split="train", test_split="test"),
-                      device=torch.device("cpu"), seed=0,
-                      state=state if state is not None else PartialState(tmp_path / "state.json"),
-                      extract=extract, progress_factory=lambda iterable, **kwargs: iterable, log=lambda m: None)
-
-
-def reference_ap(scores: np.ndarray, labels: np.ndarray) -> float:
-    """All-point AP, VOC devkit style (per image, sorted, monotone envelope)."""
-    order = np.argsort(-scores, kind="stable")
-    tp = np.cumsum(labels[order] == 1)
-    precision, recall = tp / np.arange(1, len(tp) + 1), tp / tp[-1]
-    mrec, mpre = np.r_[0.0, recall, 1.0], np.r_[0.0, precision, 0.0]
-    for i in range(len(mpre) - 2, -1, -1):
-        mpre[i] = max(mpre[i], mpre[i + 1])
-    steps = np.flatnonzero(mrec[1:] != mrec[:-1]) + 1
-    return float(np.sum((mrec[steps] - mrec[steps - 1]) * mpre[steps]))
-
+    return fake_context(tmp_path, taps, splits, state=state)
 
 def svc_scores(X: np.ndarray, y: np.ndarray, Q: np.ndarray, cost: float) -> np.ndarray:
     with warnings.catch_warnings():

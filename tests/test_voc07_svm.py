@@ -8,14 +8,14 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
+from fakes import fake_context, reference_ap
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import LinearSVC
 
 from benchmark.config import build_config
 from benchmark.errors import SslBenchError
-from benchmark.protocol import FeatureSet, RunContext
+from benchmark.protocol import RunContext
 from benchmark.results import PartialState
 from benchmark.data.voc import VOC_CLASSES
 from protocols import svm as svm_module
@@ -37,32 +37,12 @@ def multilabel_data(n: int, n_classes: int, dim: int, seed: int) -> tuple[np.nda
 
 
 def make_ctx(tmp_path, taps, splits, state=None, names=NAMES) -> RunContext:
-    def extract(split: str, wanted: tuple[str, ...]) -> FeatureSet:
-        X, labels = splits[split]
-        return FeatureSet({t: X[t] if isinstance(X, dict) else X for t in wanted}, labels,
-                          [f"{split}{i:04d}" for i in range(len(labels))])
-
-    return RunContext(backbone=None, taps=tuple(taps),
-                      dataset=types.SimpleNamespace(train_split="trainval", test_split="test", classes=names,
-                                                    splits=("trainval", "test", "empty")),
-                      device=torch.device("cpu"), seed=0,
-                      state=state if state is not None else PartialState(tmp_path / "state.json"),
-                      extract=extract, progress_factory=lambda iterable, **kwargs: iterable, log=lambda m: None)
+    dataset = types.SimpleNamespace(train_split="trainval", test_split="test", classes=names,
+                                    splits=("trainval", "test", "empty"))
+    return fake_context(tmp_path, taps, splits, dataset=dataset, state=state, id_format="{split}{i:04d}")
 
 
 # --- the independent reference: FAIR's recipe written with sklearn directly ------------------
-
-def reference_ap(scores: np.ndarray, labels: np.ndarray) -> float:
-    """All-point AP as the VOC devkit computes it: per image, sorted by score, monotone envelope."""
-    order = np.argsort(-scores, kind="stable")
-    tp = np.cumsum(labels[order] == 1)
-    precision = tp / np.arange(1, len(tp) + 1)
-    recall = tp / tp[-1]
-    mrec, mpre = np.r_[0.0, recall, 1.0], np.r_[0.0, precision, 0.0]
-    for i in range(len(mpre) - 2, -1, -1):
-        mpre[i] = max(mpre[i], mpre[i + 1])
-    steps = np.flatnonzero(mrec[1:] != mrec[:-1]) + 1
-    return float(np.sum((mrec[steps] - mrec[steps - 1]) * mpre[steps]))
 
 
 def linear_svc(cost: float) -> LinearSVC:
@@ -137,7 +117,7 @@ def test_matches_independent_sklearn_pipeline(tmp_path, problem, solver, grid, d
 
 
 def test_difficult_rows_negative_in_training_excluded_at_test(tmp_path, problem) -> None:
-    (X, labels), (Q, q_labels) = problem["trainval"], problem["test"]
+    q_labels = problem["test"][1]
     runs = {d: Voc07SvmProtocol().run(make_ctx(tmp_path / d, ["res4"], problem),
                                       Voc07SvmConfig(train_difficult=d, custom_costs=(0.1, 1.0, 10.0)))
             for d in ("negative", "exclude")}

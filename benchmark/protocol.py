@@ -78,6 +78,10 @@ class Protocol(ABC):
     default_taps: ClassVar[tuple[str, ...] | None] = None
     supported_tasks: ClassVar[tuple[str, ...]] = ("multiclass",)
 
+    def primary_metric(self, config: Any) -> str:
+        """The headline metric of a result (what summary tables and the regression gate lead with)."""
+        raise NotImplementedError(f"protocol '{self.name}' must name its primary metric")
+
     @abstractmethod
     def run(self, ctx: RunContext, config: Any) -> ProtocolResult:
         """Compute metrics for every tap in ctx.taps."""

@@ -148,14 +148,16 @@ def run(options: RunOptions, progress_factory: Callable[..., Any] | None = None,
     context = RunContext(backbone=backbone, taps=taps, dataset=dataset, device=device, seed=options.seed,
                          state=state, extract=extract, progress_factory=progress_factory, log=log)
     protocol_started = time.perf_counter()
-    result = protocol_cls().run(context, config)
+    protocol = protocol_cls()
+    result = protocol.run(context, config)
     protocol_seconds = time.perf_counter() - protocol_started
     _check_metrics(result.metrics, taps, options.protocol)
 
     record = {
         "schema_version": SCHEMA_VERSION,
         "checkpoint": {**checkpoint.describe(), "name": checkpoint_name, "spec": options.checkpoint},
-        "protocol": {"name": options.protocol, "version": protocol_cls.version},
+        "protocol": {"name": options.protocol, "version": protocol_cls.version,
+                     "primary_metric": protocol.primary_metric(config)},
         "config": config_dict,
         "config_digest": digest,
         "dataset": {**dataset_info, "name": dataset_name},

@@ -171,6 +171,10 @@ class KnnProtocol(Protocol):
     default_taps = ("res5avg",)
     supported_tasks = ("multiclass",)
 
+    def primary_metric(self, config: KnnConfig) -> str:
+        """top-1 at K=20 (DINO's headline) when asked for, else at the smallest K."""
+        return f"top1_k{20 if 20 in config.ks else config.ks[0]}"
+
     def run(self, ctx: RunContext, config: KnnConfig) -> ProtocolResult:
         train_split = config.train_split or ctx.dataset.train_split
         test_split = config.test_split or ctx.dataset.test_split

@@ -140,6 +140,10 @@ class LowshotProtocol(Protocol):
     default_taps = None
     supported_tasks = ("multilabel", "multiclass")
 
+    def primary_metric(self, config: LowshotConfig) -> str:
+        """Mean mAP over the samples at the largest k."""
+        return f"mAP_k{max(config.ks)}_mean"
+
     def run(self, ctx: RunContext, config: LowshotConfig) -> ProtocolResult:
         train_split, test_split = splits_of(ctx, config, self.name)
         grid, costs = resolve_costs(config.costs, config.custom_costs)

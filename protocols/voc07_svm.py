@@ -85,6 +85,9 @@ class Voc07SvmProtocol(Protocol):
     default_taps = None
     supported_tasks = ("multilabel",)
 
+    def primary_metric(self, config: Voc07SvmConfig) -> str:
+        return "mAP"
+
     def run(self, ctx: RunContext, config: Voc07SvmConfig) -> ProtocolResult:
         train_split, test_split = splits_of(ctx, config, self.name)
         grid, costs = resolve_costs(config.costs, config.custom_costs)

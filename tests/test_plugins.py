@@ -28,6 +28,9 @@ class CentroidProtocol(Protocol):
     name, version, Config = "centroid", "7", CentroidConfig
     default_dataset, default_taps = "folder", ("res5avg",)
 
+    def primary_metric(self, config):
+        return "top1"
+
     def run(self, ctx, config):
         metrics = {}
         for tap in ctx.progress(ctx.taps, desc="taps"):
@@ -71,5 +74,5 @@ def test_entry_point_protocol_installs_and_runs(tmp_path, folder_root):
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     record = json.loads((results / "random-resnet18_cifar" / "centroid.json").read_text())
-    assert record["protocol"] == {"name": "centroid", "version": "7"}
+    assert record["protocol"] == {"name": "centroid", "version": "7", "primary_metric": "top1"}
     assert 0.0 <= record["metrics"]["res5avg"]["top1"] <= 100.0

@@ -36,3 +36,4 @@ def test_protocol_runs_on_tiny_data(name, tmp_path, folder_root, voc_root):
     assert path.exists()
     assert set(record["metrics"]) == {"res3", "res5avg"}
     assert set(record["config"]) == {field.name for field in dataclasses.fields(cls.Config)}
+    assert record["protocol"]["primary_metric"] in record["metrics"]["res3"]

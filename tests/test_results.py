@@ -37,6 +37,7 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path):
     atomic_write_text(target, "y")
     assert target.read_text() == "y"
     assert os.listdir(target.parent) == ["b.json"]
+    assert target.stat().st_mode & 0o644 == 0o644, "readable like any other file, not mkstemp's 0600"
 
 
 def test_partial_state_round_trip_and_resume_flag(tmp_path):

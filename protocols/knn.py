@@ -225,10 +225,10 @@ class KnnProtocol(Protocol):
         for k in config.ks:
             metrics[f"top1_k{k}"] = 100.0 * float(np.mean(ranks[k] < 1))
             metrics[f"top5_k{k}"] = 100.0 * float(np.mean(ranks[k] < 5))
-        best_k = max(config.ks, key=lambda k: (metrics[f"top1_k{k}"], -k))
         per_image = None
-        if len(Q) <= PER_IMAGE_LIMIT:
-            per_image = {"k": best_k, "correct_top1": (ranks[best_k] < 1).astype(int).tolist()}
+        if len(Q) <= PER_IMAGE_LIMIT:  # at the primary K, the number reports put intervals on
+            primary_k = int(self.primary_metric(config).removeprefix("top1_k"))
+            per_image = {"k": primary_k, "correct_top1": (ranks[primary_k] < 1).astype(int).tolist()}
         return {
             "metrics": metrics,
             "ks_clipped": {str(k): knn.k_ for k in config.ks if k > knn.k_},

@@ -1,0 +1,235 @@
+"""Result records on disk -> one tidy pandas frame (one row per record, tap and metric).
+
+Every table, plot and the regression gate start from `load_records`. Records
+of one protocol that were made with different settings (protocol version,
+config, dataset, dataset digest, seed) get different *variant* labels, so they
+land in separate columns and are never averaged together:
+
+- one setting among all records of a protocol: the variant is the protocol
+  name (``voc07_svm``);
+- several: the protocol name plus the fields that differ, e.g.
+  ``voc07_svm[costs=fair]`` or ``knn[seed=1; temperature=0.1]``; when that
+  label would be long or ambiguous, a short digest of the settings
+  (``knn[3f2a9c01]``).
+
+Taps are not part of the variant: two records of one checkpoint and variant
+with different taps fill different columns of one row. When two records give
+the same (checkpoint, variant, tap, metric), the newer (by ``created``) wins
+and a warning names both files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from benchmark.config import config_digest
+from benchmark.errors import SslBenchError
+
+SUPPORTED_SCHEMA = 1
+COLUMNS = ("checkpoint", "protocol", "variant", "config_digest", "dataset", "dataset_digest",
+           "tap", "metric", "value", "primary", "path")
+MAX_LABEL = 48  # longer variant labels fall back to a digest of the settings
+
+
+@dataclasses.dataclass
+class RecordSet:
+    """Parsed records and their tidy frame.
+
+    frame: one row per (record, tap, metric) with the columns in COLUMNS.
+    records: path -> parsed record (only the records that passed validation).
+    variants: variant label -> the settings that define it (protocol, version,
+      config, dataset, dataset_digest, seed, primary_metric).
+    skipped: path -> why that file was skipped.
+    """
+
+    frame: pd.DataFrame
+    records: dict[str, dict[str, Any]]
+    variants: dict[str, dict[str, Any]]
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def checkpoints(self) -> list[str]:
+        """Checkpoint names in sorted order."""
+        return sorted(self.frame["checkpoint"].unique())
+
+    def paths(self, checkpoint: str, variant: str) -> list[str]:
+        """Files holding the numbers of one checkpoint under one variant, newest last."""
+        rows = self.frame[(self.frame["checkpoint"] == checkpoint) & (self.frame["variant"] == variant)]
+        return sorted(rows["path"].unique(), key=lambda p: _created(self.records[p], p))
+
+
+def load_records(dirs: str | Path | Iterable[str | Path], strict: bool = False,
+                 warn: Callable[[str], None] | None = None) -> RecordSet:
+    """Read every result record (*.json, hidden folders such as .partial left out) under dirs.
+
+    A malformed record or one of another schema version is skipped with a
+    warning naming the file, or raises SslBenchError when strict.
+    """
+    warn = warn or (lambda message: None)
+    roots = [Path(dirs)] if isinstance(dirs, (str, Path)) else [Path(d) for d in dirs]
+    if not roots:
+        raise SslBenchError("no results directory given; pass --results DIR")
+    records: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, str] = {}
+    for root in roots:
+        if not root.is_dir():
+            raise SslBenchError(f"results directory {root} does not exist; pass --results DIR")
+        for path in sorted(root.rglob("*.json")):
+            if any(part.startswith(".") for part in path.relative_to(root).parts):
+                continue
+            key = str(path)
+            if key in records or key in skipped:
+                continue
+            record, problem = _read(path)
+            if problem is None:
+                records[key] = record
+                continue
+            if strict:
+                raise SslBenchError(f"{path}: {problem}; fix or remove the file, or run without --strict")
+            skipped[key] = problem
+            warn(f"skipping {path}: {problem}")
+    if not records:
+        where = ", ".join(str(r) for r in roots)
+        raise SslBenchError(f"no result records under {where}; run `ssl-bench run` first")
+    labels, variants = record_variant_labels(records)
+    return RecordSet(_frame(records, labels, warn), records, variants, skipped)
+
+
+def _read(path: Path) -> tuple[dict[str, Any], None] | tuple[None, str]:
+    """(record, None) when the file is a valid record of the supported schema, else (None, why not)."""
+    try:
+        record = json.loads(path.read_text())
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror})"
+    except (ValueError, UnicodeDecodeError) as exc:
+        return None, f"is not valid JSON ({exc})"
+    problem = validate_record(record)
+    return (record, None) if problem is None else (None, problem)
+
+
+def validate_record(record: Any) -> str | None:
+    """None when record has the keys and types reports need, else what is wrong (one phrase)."""
+    if not isinstance(record, dict):
+        return "is not a result record (expected a JSON object)"
+    version = record.get("schema_version")
+    if version is None:
+        return "has no schema_version; it is not an ssl-bench result record"
+    if version != SUPPORTED_SCHEMA:
+        return f"has schema_version {version!r} but this ssl-bench reads version {SUPPORTED_SCHEMA}"
+    nested = {"checkpoint": ("name",), "protocol": ("name", "primary_metric"), "dataset": ("name", "digest")}
+    for key, fields in nested.items():
+        block = record.get(key)
+        if not isinstance(block, dict):
+            return f"lacks the '{key}' object"
+        for field in fields:
+            if not isinstance(block.get(field), str) or not block[field]:
+                return f"lacks the string '{key}.{field}'"
+    if not isinstance(record.get("config"), dict):
+        return "lacks the 'config' object"
+    if not isinstance(record.get("config_digest"), str):
+        return "lacks the string 'config_digest'"
+    metrics = record.get("metrics")
+    if not isinstance(metrics, dict) or not metrics:
+        return "lacks 'metrics' ({tap: {metric: number}})"
+    for tap, values in metrics.items():
+        if not isinstance(values, dict) or not values:
+            return f"has no metrics for tap '{tap}'"
+        for metric, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                return f"has a non-numeric value {value!r} for metric '{metric}' of tap '{tap}'"
+    if "details" in record and not isinstance(record["details"], (dict, type(None))):
+        return "has 'details' that is not an object"
+    return None
+
+
+def variant_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """The settings that make two records of one protocol comparable (taps and checkpoint aside)."""
+    return {"protocol": record["protocol"]["name"], "version": record["protocol"].get("version"),
+            "config": record["config"], "dataset": record["dataset"]["name"],
+            "dataset_digest": record["dataset"]["digest"], "seed": record.get("seed")}
+
+
+def record_variant_labels(records: dict[str, dict[str, Any]]
+                          ) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """(path -> variant label, variant label -> settings incl. primary_metric) for validated records."""
+    by_protocol: dict[str, dict[str, dict[str, Any]]] = {}
+    key_of: dict[str, str] = {}
+    primary: dict[str, str] = {}
+    for path, record in records.items():
+        settings = variant_settings(record)
+        key = config_digest(settings)
+        key_of[path] = key
+        by_protocol.setdefault(settings["protocol"], {})[key] = settings
+        primary[key] = record["protocol"]["primary_metric"]
+    label_of: dict[str, str] = {}
+    variants: dict[str, dict[str, Any]] = {}
+    for protocol in sorted(by_protocol):
+        keyed = by_protocol[protocol]
+        labels = _labels(protocol, keyed)
+        for key in sorted(keyed, key=labels.__getitem__):
+            label_of[key] = labels[key]
+            variants[labels[key]] = {**keyed[key], "primary_metric": primary[key]}
+    return {path: label_of[key] for path, key in key_of.items()}, variants
+
+
+def _labels(protocol: str, keyed: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Variant labels of the distinct settings of one protocol."""
+    if len(keyed) == 1:
+        return {key: protocol for key in keyed}
+    flat = {key: _flatten(settings) for key, settings in keyed.items()}
+    fields = sorted({f for values in flat.values() for f in values})
+    differing = [f for f in fields if len({json.dumps(v.get(f), sort_keys=True) for v in flat.values()}) > 1]
+    labels = {key: f"{protocol}[{'; '.join(f'{f}={_show(flat[key].get(f))}' for f in differing)}]"
+              for key in keyed}
+    if len(set(labels.values())) < len(labels) or any(len(label) > MAX_LABEL for label in labels.values()):
+        return {key: f"{protocol}[{key[:8]}]" for key in keyed}
+    return labels
+
+
+def _flatten(settings: dict[str, Any]) -> dict[str, Any]:
+    """Config fields by their own name, then dataset, data digest, seed and protocol version."""
+    return {**settings["config"], "dataset": settings["dataset"], "data": settings["dataset_digest"][:8],
+            "seed": settings["seed"], "version": settings["version"]}
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(_show(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _created(record: dict[str, Any], path: str) -> tuple[str, str]:
+    return str(record.get("created") or ""), path
+
+
+def _frame(records: dict[str, dict[str, Any]], labels: dict[str, str],
+           warn: Callable[[str], None]) -> pd.DataFrame:
+    """The tidy frame; for a (checkpoint, variant, tap, metric) in several records the newest wins."""
+    rows: dict[tuple[str, str, str, str], tuple[Any, ...]] = {}
+    replaced: dict[tuple[str, str], tuple[str, str]] = {}
+    for path in sorted(records, key=lambda p: _created(records[p], p)):
+        record = records[path]
+        checkpoint, protocol = record["checkpoint"]["name"], record["protocol"]["name"]
+        primary = record["protocol"]["primary_metric"]
+        variant = labels[path]
+        for tap, values in record["metrics"].items():
+            for metric, value in values.items():
+                key = (checkpoint, variant, tap, metric)
+                if key in rows:
+                    replaced[(rows[key][-1], path)] = (checkpoint, variant)
+                rows[key] = (checkpoint, protocol, variant, record["config_digest"], record["dataset"]["name"],
+                             record["dataset"]["digest"], tap, metric, float(value), metric == primary, path)
+    for (older, newer), (checkpoint, variant) in replaced.items():
+        warn(f"{older} and {newer} both hold numbers of '{checkpoint}' ({variant}) for the same taps; "
+             f"using the newer {newer} there")
+    frame = pd.DataFrame(list(rows.values()), columns=list(COLUMNS))
+    return frame.sort_values(["variant", "checkpoint", "tap", "metric"], kind="stable").reset_index(drop=True)

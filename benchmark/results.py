@@ -16,20 +16,26 @@ REQUIRED_KEYS = ("schema_version", "checkpoint", "protocol", "config", "dataset"
                  "seed", "versions", "device", "timings")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
     """Write via a temporary file in the same folder and rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_current_umask())
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """atomic_write_bytes for UTF-8 text."""
+    return atomic_write_bytes(path, text.encode())
 
 
 def _current_umask() -> int:

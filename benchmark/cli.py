@@ -21,7 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Examples:\n"
                "  ssl-bench run --checkpoint random:resnet18 --protocol knn --dataset fashion_mnist\n"
                "  ssl-bench inspect ckpt.pth\n  ssl-bench list protocols\n"
-               "  ssl-bench make-data voc --out data/voc",
+               "  ssl-bench make-data voc --out data/voc\n"
+               "  ssl-bench report --results results --out report --references\n"
+               "  ssl-bench regress --baseline baseline.json --results results --junit regress.xml",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -66,6 +68,31 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--arch", metavar="ARCH")
     inspect.add_argument("--format", dest="checkpoint_format", metavar="NAME")
     inspect.add_argument("--keys", action="store_true", help="list every key, not only counts")
+
+    report = commands.add_parser("report", help="tables and plots from result records",
+                                 description="Build comparison tables (md, html, csv, tex) and plots from "
+                                             "result records.")
+    report.add_argument("--results", type=Path, nargs="+", default=[Path("results")], metavar="DIR",
+                        help="folders of result records (default: ./results)")
+    report.add_argument("--out", type=Path, default=Path("report"), metavar="DIR",
+                        help="where the report goes (default: ./report)")
+    report.add_argument("--format", dest="formats", type=_comma_list, default=("md", "html", "csv", "tex"),
+                        metavar="md,html,csv,tex", help="which outputs to write (default: all)")
+    report.add_argument("--references", action="store_true",
+                        help="add the published reference rows (Goyal et al. 2019 and others), marked as such")
+    report.add_argument("--strict", action="store_true", help="a malformed record is an error, not a warning")
+
+    regress = commands.add_parser("regress", help="fail when results drop below a baseline (for CI)",
+                                  description="Compare result records with a baseline; exit 1 on a drop "
+                                              "beyond tolerance, a missing result or a changed config.")
+    regress.add_argument("--baseline", type=Path, required=True, metavar="FILE")
+    regress.add_argument("--results", type=Path, nargs="+", default=[Path("results")], metavar="DIR")
+    regress.add_argument("--tolerance", type=float, default=None, metavar="POINTS",
+                         help="allowed drop in metric points (default: the baseline's)")
+    regress.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML for CI systems")
+    regress.add_argument("--write-baseline", action="store_true",
+                         help="write the current results as the new baseline instead of comparing")
+    regress.add_argument("--strict", action="store_true", help="a malformed record is an error, not a warning")
 
     listing = commands.add_parser("list", help="list protocols, recipes, datasets, archs or zoo entries")
     listing.add_argument("what", choices=LISTABLE)
@@ -158,6 +185,23 @@ def _summary(target: Any) -> str:
     return doc.splitlines()[0] if doc else ""
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from reports.report import build_report
+
+    written = build_report(args.results, args.out, formats=args.formats, references=args.references,
+                           strict=args.strict, warn=_warn)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_regress(args: argparse.Namespace) -> int:
+    from reports.regress import run_regress
+
+    return run_regress(args.baseline, args.results, tolerance=args.tolerance, junit_path=args.junit,
+                       write_baseline=args.write_baseline, strict=args.strict, warn=_warn)
+
+
 def cmd_make_data(args: argparse.Namespace) -> int:
     from benchmark.data.synthetic import make_data
 
@@ -176,7 +220,12 @@ def _log(message: str) -> None:
     print(f"[ssl-bench] {message}", file=sys.stderr)
 
 
-COMMANDS = {"run": cmd_run, "inspect": cmd_inspect, "list": cmd_list, "make-data": cmd_make_data}
+def _warn(message: str) -> None:
+    print(f"ssl-bench: warning: {message}", file=sys.stderr)
+
+
+COMMANDS = {"run": cmd_run, "inspect": cmd_inspect, "list": cmd_list, "make-data": cmd_make_data,
+            "report": cmd_report, "regress": cmd_regress}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

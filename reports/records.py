@@ -2,13 +2,13 @@
 
 Every table, plot and the regression gate start from `load_records`. Records
 of one protocol that were made with different settings (protocol version,
-config, dataset, dataset digest, seed) get different *variant* labels, so they
+config, dataset, dataset digest) get different *variant* labels, so they
 land in separate columns and are never averaged together:
 
 - one setting among all records of a protocol: the variant is the protocol
   name (``voc07_svm``);
 - several: the protocol name plus the fields that differ, e.g.
-  ``voc07_svm[costs=fair]`` or ``knn[seed=1; temperature=0.1]``; when that
+  ``voc07_svm[costs=fair]`` or ``knn[ks=10,20; temperature=0.1]``; when that
   label would be long or ambiguous, a short digest of the settings
   (``knn[3f2a9c01]``).
 
@@ -45,7 +45,8 @@ class RecordSet:
     frame: one row per (record, tap, metric) with the columns in COLUMNS.
     records: path -> parsed record (only the records that passed validation).
     variants: variant label -> the settings that define it (protocol, version,
-      config, dataset, dataset_digest, seed, primary_metric).
+      config, dataset, dataset_digest, primary_metric). The run seed is not a setting:
+      it only seeds random:ARCH weights, which the checkpoint's own identity covers.
     skipped: path -> why that file was skipped.
     """
 
@@ -153,7 +154,7 @@ def variant_settings(record: dict[str, Any]) -> dict[str, Any]:
     """The settings that make two records of one protocol comparable (taps and checkpoint aside)."""
     return {"protocol": record["protocol"]["name"], "version": record["protocol"].get("version"),
             "config": record["config"], "dataset": record["dataset"]["name"],
-            "dataset_digest": record["dataset"]["digest"], "seed": record.get("seed")}
+            "dataset_digest": record["dataset"]["digest"]}
 
 
 def record_variant_labels(records: dict[str, dict[str, Any]]
@@ -194,9 +195,9 @@ def _labels(protocol: str, keyed: dict[str, dict[str, Any]]) -> dict[str, str]:
 
 
 def _flatten(settings: dict[str, Any]) -> dict[str, Any]:
-    """Config fields by their own name, then dataset, data digest, seed and protocol version."""
+    """Config fields by their own name, then dataset, data digest and protocol version."""
     return {**settings["config"], "dataset": settings["dataset"], "data": settings["dataset_digest"][:8],
-            "seed": settings["seed"], "version": settings["version"]}
+            "version": settings["version"]}
 
 
 def _show(value: Any) -> str:

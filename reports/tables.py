@@ -322,7 +322,7 @@ def _column_not_worse(values: pd.DataFrame, evidence: pd.DataFrame, measured: li
 def _settings_text(settings: dict[str, Any], metric: str) -> str:
     config = ", ".join(f"{k}={_compact(v)}" for k, v in sorted(settings["config"].items())) or "defaults"
     return (f"{metric} of protocol {settings['protocol']} v{settings['version']} on {settings['dataset']} "
-            f"(data digest {str(settings['dataset_digest'])[:8]}), seed {settings['seed']}; config: {config}.")
+            f"(data digest {str(settings['dataset_digest'])[:8]}); config: {config}.")
 
 
 def _compact(value: Any) -> str:

@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--references", action="store_true",
                         help="add the published reference rows (Goyal et al. 2019 and others), marked as such")
     report.add_argument("--strict", action="store_true", help="a malformed record is an error, not a warning")
+    report.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help="bootstrap resamples for intervals and significance marks (default: 1000)")
 
     regress = commands.add_parser("regress", help="fail when results drop below a baseline (for CI)",
                                   description="Compare result records with a baseline; exit 1 on a drop "
@@ -189,7 +191,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from reports.report import build_report
 
     written = build_report(args.results, args.out, formats=args.formats, references=args.references,
-                           strict=args.strict, warn=_warn)
+                           strict=args.strict, warn=_warn, n_boot=_positive(args.bootstrap, "--bootstrap"))
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -17,9 +17,11 @@ from benchmark.results import atomic_write_bytes, atomic_write_text, safe_name
 from reports.html import plot_caption, render_html
 from reports.plots import Plot, lowshot_curves, tap_profiles
 from reports.records import RecordSet, load_records
+from reports.uncertainty import N_BOOT
 from reports.tables import (
     DAGGER,
     Table,
+    Uncertainty,
     protocol_tables,
     summary_table,
     to_csv,
@@ -36,7 +38,7 @@ _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~])")
 
 def build_report(results_dirs: Sequence[Path], out: Path, formats: Sequence[str] = FORMATS,
                  references: bool = False, strict: bool = False,
-                 warn: Callable[[str], None] | None = None) -> list[Path]:
+                 warn: Callable[[str], None] | None = None, n_boot: int = N_BOOT) -> list[Path]:
     """Write the report of every record under results_dirs into out; returns the written paths.
 
     md and html come with plots/*.png (md links them, html embeds them); csv writes
@@ -54,7 +56,9 @@ def build_report(results_dirs: Sequence[Path], out: Path, formats: Sequence[str]
 
     records = load_records(dirs, strict=strict, warn=collect)
     _check_out(out)
-    tables = [summary_table(records, references), *protocol_tables(records, references)]
+    uncertainty = Uncertainty(records, n_boot)  # one bootstrap cache shared by every table
+    tables = [summary_table(records, references, uncertainty=uncertainty),
+              *protocol_tables(records, references, uncertainty=uncertainty)]
     plots = _plots(records, references) if {"md", "html"} & set(wanted) else []
     written: list[Path] = []
     for plot in plots:

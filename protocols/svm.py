@@ -14,7 +14,11 @@ system is well preconditioned by its block on the leading directions plus its
 diagonal on the rest. Each cost is a truncated Newton (preconditioned CG) with
 exact line search on the piecewise quadratic (Keerthi & DeCoste 2005),
 warm-started from the previous cost; converged problems leave the batch, and
-columns leave CG as soon as their own residual is small enough.
+columns stop moving in CG as soon as their own residual is small enough.
+
+Memory, beyond X: the float64 eigendecomposition (two r x r or (D + 1)^2
+matrices, 16 bytes per entry, done in place on the host) while the basis is
+built, then F (float32, N x r) and a few MB of scratch while solving.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
+import scipy.linalg
 import torch
 
 from benchmark.errors import SslBenchError
@@ -34,7 +39,10 @@ LINE_SEARCH_STEPS = 30
 STALL_RTOL = 1e-7  # a Newton step this small relative to v is below float32 resolution
 TOP_BLOCK = 64  # leading directions whose Hessian block is factorised exactly for the preconditioner
 RANK_RTOL = 1e-7  # basis directions with a smaller share of the largest eigenvalue are rounding noise
-CG_RTOL = 0.1  # inexact Newton: CG stops at this fraction of the gradient norm
+CG_RTOL = 0.01  # inexact Newton: CG stops at this fraction of the gradient norm (0.1 costs ~20% more
+# in all: the Newton steps it saves at large C are worth more than the extra CG steps)
+GRAM_ROWS = 256  # rows per float32 block of a Gram matrix on its way into the float64 one
+SCRATCH_FLOATS = 1 << 20  # the preconditioner's scratch: a few MB, reused from step to step
 
 
 def normalize_features(X: np.ndarray) -> np.ndarray:
@@ -127,10 +135,8 @@ class BatchedLinearSVC:
     def _fit_batched(self, X: np.ndarray, Y: np.ndarray, mask: np.ndarray,
                      costs: list[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         device = torch.device(self.device)
-        Xt = torch.from_numpy(X).to(device)
-        basis = _Basis(Xt)
+        basis = _Basis(X, device)
         F = basis.F
-        F2 = F * F
         y = torch.from_numpy(np.where(Y > 0, 1.0, -1.0)).to(device)
         a = torch.from_numpy(np.where(Y > 0, self.pos_weight, self.neg_weight) * mask).to(device)
         M = Y.shape[1]
@@ -141,7 +147,7 @@ class BatchedLinearSVC:
         v = torch.zeros(F.shape[1], M, dtype=torch.float64, device=device)
         z = torch.zeros(X.shape[0], M, dtype=torch.float64, device=device)
         for c in self._wrap(order, desc="svm costs", total=len(order)):
-            n_iter[c] = _newton(F, F2, y, a, costs[c], v, z, self.tol)
+            n_iter[c] = _newton(F, y, a, costs[c], v, z, self.tol)
             w, b = basis.weights(v.float())
             coef[c], intercept[c] = w.cpu().numpy(), b.cpu().numpy()
         return coef, intercept, n_iter
@@ -151,7 +157,7 @@ def _check_inputs(X: np.ndarray, Y: np.ndarray,
                   mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     X = np.ascontiguousarray(X, dtype=np.float32)
     Y = np.asarray(Y)
-    if X.ndim != 2 or not np.isfinite(X).all():
+    if X.ndim != 2 or X.size and not np.isfinite([X.min(), X.max()]).all():  # no (N, D) temporary
         raise SslBenchError(f"features: expected a finite 2-D array (samples, dims), got shape {X.shape}")
     if Y.ndim != 2 or Y.shape[0] != X.shape[0]:
         raise SslBenchError(f"labels: expected shape ({X.shape[0]}, n_columns) to match the features, got {Y.shape}")
@@ -172,30 +178,35 @@ def _check_inputs(X: np.ndarray, Y: np.ndarray,
 
 
 class _Basis:
-    """F (N, r) with orthogonal columns spanning X~ = [X, 1]'s rows: X~ w~ = F v for w~ = the weights of v."""
+    """F (N, r) with orthogonal columns spanning X~ = [X, 1]'s rows: X~ w~ = F v for w~ = the weights of v.
 
-    def __init__(self, X: torch.Tensor) -> None:
+    The eigendecomposition behind it runs in float64 on the host, in place (LAPACK's MRRR driver needs
+    the matrix and its eigenvectors, 16 bytes per entry, and no O(n^2) workspace): F and the weights
+    map are only consistent with each other to the accuracy of that decomposition, and a float32 one
+    is visibly off the optimum at large C. Float32 copies are made once the float64 ones are freed."""
+
+    def __init__(self, X: np.ndarray, device: torch.device) -> None:
         N, D = X.shape
-        self.X = X
+        self.X = torch.from_numpy(X).to(device)
         if N <= D + 1:  # F = U sqrt(lambda) from the Gram matrix X~ X~^T = U lambda U^T
-            K = (X @ X.T).double().add_(1.0)
-            lam, U = torch.linalg.eigh(K)
+            K = _gram(self.X, self.X.T)
+            K += 1.0
+            lam, U = _eigh_inplace(K)
             del K
-            keep = lam > RANK_RTOL * lam[-1]
-            U = U[:, keep] if not keep.all() else U
-            self.lam = lam[keep].to(X.dtype)
-            self.F = U.mul_(lam[keep].sqrt()).to(X.dtype)
-            del U
+            U *= np.sqrt(lam)
+            self.lam = torch.from_numpy(lam.astype(np.float32)).to(device)
+            self.F = torch.from_numpy(np.array(U, dtype=np.float32, order="C")).to(device)
             self.V = None
         else:  # F = X~ V from the eigenvectors V of X~^T X~
-            G = torch.empty(D + 1, D + 1, dtype=torch.float64, device=X.device)
-            G[:D, :D] = X.T @ X
-            G[:D, D] = G[D, :D] = X.sum(0).double()
+            G = np.empty((D + 1, D + 1))
+            G[:D, :D] = _gram(self.X.T, self.X)
+            G[:D, D] = G[D, :D] = self.X.sum(0, dtype=torch.float64).cpu().numpy()
             G[D, D] = N
-            lam, V = torch.linalg.eigh(G)
-            keep = lam > RANK_RTOL * lam[-1]
-            self.V = V[:, keep].to(X.dtype)
-            self.F = X @ self.V[:D] + self.V[D]
+            _, V = _eigh_inplace(G)
+            del G
+            self.V = torch.from_numpy(np.array(V, dtype=np.float32, order="C")).to(device)
+            del V
+            self.F = torch.addmm(self.V[D], self.X, self.V[:D])
             self.lam = None
 
     def weights(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,10 +218,27 @@ class _Basis:
         return w[:-1].T, w[-1]
 
 
-def _newton(F: torch.Tensor, F2: torch.Tensor, y: torch.Tensor, a: torch.Tensor, C: float, v: torch.Tensor, z: torch.Tensor,
-            tol: float) -> np.ndarray:
-    """Truncated Newton for all columns at cost C, updating v (r, M) and z = F v (N, M) in place (float64);
-    F2 = F * F. Returns the Newton steps per column.
+def _gram(A: torch.Tensor, B: torch.Tensor) -> np.ndarray:
+    """A @ B (float32 products) as a float64 host array, a block of GRAM_ROWS rows at a time."""
+    out = np.empty((A.shape[0], B.shape[1]))
+    for start in range(0, A.shape[0], GRAM_ROWS):
+        out[start:start + GRAM_ROWS] = (A[start:start + GRAM_ROWS] @ B).cpu().numpy()
+    return out
+
+
+def _eigh_inplace(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending) and eigenvectors of the symmetric float64 A, overwriting A, without the
+    directions whose eigenvalue is below RANK_RTOL of the largest (rounding noise of a singular A)."""
+    # A.T: the same symmetric matrix in LAPACK's column order, so scipy does not copy it
+    lam, U = scipy.linalg.eigh(A.T, overwrite_a=True, check_finite=False, driver="evr")
+    first = int(np.searchsorted(lam, RANK_RTOL * lam[-1], side="right"))
+    return lam[first:], U[:, first:]
+
+
+def _newton(F: torch.Tensor, y: torch.Tensor, a: torch.Tensor, C: float, v: torch.Tensor,
+            z: torch.Tensor, tol: float) -> np.ndarray:
+    """Truncated Newton for all columns at cost C, updating v (r, M) and z = F v (N, M) in place (float64).
+    Returns the Newton steps per column.
 
     A column stops when ||grad|| <= tol sqrt(2 f(v)): as f is 1-strongly convex, its v is then within
     a relative distance tol of the optimum and its objective within tol^2 / 2 of the optimal one. The
@@ -233,12 +261,12 @@ def _newton(F: torch.Tensor, F2: torch.Tensor, y: torch.Tensor, a: torch.Tensor,
             break
         steps[live.cpu().numpy()] += 1
         act = (al * (xi > 0)).float()
-        precond = _Preconditioner(F, F2, act, C)
-        d, u = _cg(F, act, C, grad.float(), precond)
-        t = _line_search(vl, d.double(), zl, u.double(), yl, al, C)
+        d, u = _cg(F, act, C, grad.float(), _Preconditioner(F, act, C))
+        d, u = d.double(), u.double()
+        t = _line_search(vl, d, zl, u, yl, al, C)
         v[:, live] = vl + t * d
         z[:, live] = zl + t * u
-        moved = (t * d.double().norm(dim=0) > STALL_RTOL * vl.norm(dim=0))
+        moved = t * d.norm(dim=0) > STALL_RTOL * vl.norm(dim=0)
     return steps
 
 
@@ -246,56 +274,72 @@ class _Preconditioner:
     """Block-Jacobi preconditioner of I + 2C F^T act F per column: the exact block on the TOP_BLOCK
     leading principal directions (the last columns of F), the diagonal on the others."""
 
-    def __init__(self, F: torch.Tensor, F2: torch.Tensor, act: torch.Tensor, C: float) -> None:
-        k = self.k = min(TOP_BLOCK, F.shape[1])
-        self.diag = 1.0 + 2.0 * C * (F2[:, :-k].T @ act)
-        top = F[:, -k:]
-        block = 2.0 * C * torch.einsum("nk,np,nl->pkl", top, act, top)
-        block.diagonal(dim1=1, dim2=2).add_(1.0)
+    def __init__(self, F: torch.Tensor, act: torch.Tensor, C: float) -> None:
+        N, r = F.shape
+        k = self.k = min(TOP_BLOCK, r)
+        diag = torch.zeros(r - k, act.shape[1], dtype=F.dtype, device=F.device)
+        rows = max(1, SCRATCH_FLOATS // max(1, r - k))  # per block of the squares F^2, a scratch
+        for start in range(0, N, rows):
+            diag.addmm_(F[start:start + rows, :r - k].square().T, act[start:start + rows])
+        self.inv_diag = diag.mul_(2.0 * C).add_(1.0).reciprocal_()
+        top = F[:, r - k:]
+        block = torch.empty(act.shape[1], k, k, dtype=F.dtype, device=F.device)
+        chunk = max(1, SCRATCH_FLOATS // (N * k))  # columns per batch of the (chunk, N, k) scratch
+        for start in range(0, act.shape[1], chunk):
+            weighted = act[:, start:start + chunk].T.unsqueeze(-1) * top
+            torch.matmul(weighted.transpose(1, 2), top, out=block[start:start + chunk])
+        block.mul_(2.0 * C).diagonal(dim1=1, dim2=2).add_(1.0)
         self.chol = torch.linalg.cholesky(block)
 
     def keep(self, going: torch.Tensor) -> None:
         """Drop the columns that left the batch."""
-        self.diag, self.chol = self.diag[:, going], self.chol[going]
+        self.inv_diag, self.chol = self.inv_diag[:, going], self.chol[going]
 
     def solve(self, r: torch.Tensor) -> torch.Tensor:
         """Apply the inverse to residuals r (r, columns)."""
-        k = self.k
-        top = torch.cholesky_solve(r[-k:].T.unsqueeze(-1), self.chol).squeeze(-1).T
-        return torch.cat([r[:-k] / self.diag, top])
+        out = torch.empty_like(r)
+        split = r.shape[0] - self.k
+        torch.mul(r[:split], self.inv_diag, out=out[:split])
+        out[split:] = torch.cholesky_solve(r[split:].T.unsqueeze(-1), self.chol).squeeze(-1).T
+        return out
 
 
 def _cg(F: torch.Tensor, act: torch.Tensor, C: float, grad: torch.Tensor,
         precond: _Preconditioner) -> tuple[torch.Tensor, torch.Tensor]:
-    """Preconditioned CG on (I + 2C F^T act F) d = -grad per column; returns d and u = F d.
+    """Preconditioned CG on (I + 2C F^T act F) d = -grad per column (float32); returns d and u = F d.
 
-    A column leaves the batch once its residual is below CG_RTOL of its gradient."""
+    A column is done once its residual is below CG_RTOL of its gradient; done columns stay in the batch,
+    frozen, until at most half of it is still going (fewer small operations than dropping each at once)."""
     d_out = torch.zeros_like(grad)
     u_out = torch.zeros(F.shape[0], grad.shape[1], dtype=grad.dtype, device=grad.device)
     on = torch.arange(grad.shape[1], device=grad.device)
     d, u = d_out.clone(), u_out.clone()
     r = -grad
-    stop = CG_RTOL * grad.double().norm(dim=0)
+    stop = CG_RTOL * grad.norm(dim=0)
+    going = torch.ones_like(stop)
     p = precond.solve(r)
-    rz = (r * p).double().sum(0)
+    rz = (r * p).sum(0)
     for _ in range(MAX_CG):
         Fp = F @ p
-        Hp = p + 2.0 * C * (F.T @ (act * Fp))
-        pHp = (p * Hp).double().sum(0)
-        alpha = torch.where(pHp > 0, rz / pHp, 0.0).float()
-        d += alpha * p
-        u += alpha * Fp
-        r -= alpha * Hp
-        going = r.double().norm(dim=0) > stop
-        if not going.all():
+        Hp = torch.addmm(p, F.T, act * Fp, alpha=2.0 * C)
+        # H >= I, so p Hp >= |p|^2 > 0 unless p = 0 (a frozen column at an exact solution): 0, not 0 / 0
+        alpha = rz / (p * Hp).sum(0).clamp_min_(torch.finfo(p.dtype).tiny) * going
+        d.addcmul_(alpha, p)
+        u.addcmul_(alpha, Fp)
+        r.addcmul_(alpha, Hp, value=-1.0)
+        going = (r.norm(dim=0) > stop).to(r.dtype)
+        n_going = int(going.sum())
+        if n_going == 0:
+            break
+        if 2 * n_going <= going.numel():
+            on_going = going.bool()
             d_out[:, on], u_out[:, on] = d, u
-            on, d, u, r, p, rz, stop, act = (t[..., going] for t in (on, d, u, r, p, rz, stop, act))
-            precond.keep(going)
-            if on.numel() == 0:
-                break
+            on, d, u, r, p, rz, stop, act, going = (t[..., on_going]
+                                                     for t in (on, d, u, r, p, rz, stop, act, going))
+            precond.keep(on_going)
         zr = precond.solve(r)
-        rz_new = (r * zr).double().sum(0)
-        p = zr + torch.where(rz > 0, rz_new / rz, 0.0).float() * p
+        rz_new = (r * zr).sum(0)
+        p = zr.addcmul_(rz_new / rz, p)
         rz = rz_new
     d_out[:, on], u_out[:, on] = d, u
     return d_out, u_out

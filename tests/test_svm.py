@@ -8,6 +8,7 @@ from sklearn.metrics import average_precision_score
 from sklearn.svm import LinearSVC
 
 from benchmark.errors import SslBenchError
+from protocols import svm as svm_module
 from protocols.svm import BatchedLinearSVC, normalize_features
 
 COSTS = [0.01, 0.1, 1.0, 10.0, 100.0]
@@ -67,6 +68,36 @@ def test_batched_matches_liblinear(fitted):
             ap, ap_ref = (average_precision_score(Y[held, m], s[held])
                           for s in (scores[c, :, m], ref.decision_function(X)))
             assert abs(ap - ap_ref) <= 0.003, (C, m, ap, ap_ref)
+
+
+@pytest.mark.parametrize("shape", [(150, 20), (60, 200)], ids=["N>D", "N<D"])
+def test_rank_deficient_features_match_liblinear(shape):
+    """Repeated rows and a rank-6 feature space: singular Gram matrices, whose null directions are dropped."""
+    n, dim = shape
+    rng = np.random.default_rng(11)
+    base = np.abs(rng.normal(size=(n // 3, 6)) @ rng.normal(size=(6, dim)))
+    X = normalize_features(np.repeat(base, 3, axis=0))
+    scores = X @ rng.normal(size=(dim, 2))
+    Y = (scores > np.median(scores, axis=0)).astype(np.int64)
+    svm = BatchedLinearSVC([0.1, 10.0]).fit(X, Y)
+    for c, C in enumerate([0.1, 10.0]):
+        for m in range(2):
+            ref = _liblinear(X, Y[:, m], C, tol=1e-6)
+            ours = _objective(X, Y[:, m], svm.coef_[c, m], svm.intercept_[c, m], C)
+            theirs = _objective(X, Y[:, m], ref.coef_[0], ref.intercept_[0], C)
+            assert ours <= theirs * (1 + 1e-5), (C, m, ours, theirs)
+
+
+@pytest.mark.parametrize("shape", [(300, 40), (200, 300)], ids=["N>D", "N<D"])
+def test_scratch_blocks_do_not_change_the_solution(monkeypatch, shape):
+    """Gram matrices and preconditioner blocks built in many small pieces give the same fit as in one."""
+    X, Y, mask = _problem(*shape, columns=5, seed=12)
+    whole = BatchedLinearSVC([0.5, 50.0]).fit(X, Y, mask)
+    monkeypatch.setattr(svm_module, "GRAM_ROWS", 7)
+    monkeypatch.setattr(svm_module, "SCRATCH_FLOATS", 1000)
+    pieces = BatchedLinearSVC([0.5, 50.0]).fit(X, Y, mask)
+    np.testing.assert_allclose(pieces.coef_, whole.coef_, atol=1e-4 * np.abs(whole.coef_).max())
+    np.testing.assert_allclose(pieces.intercept_, whole.intercept_, atol=1e-4 * np.abs(whole.intercept_).max())
 
 
 def test_sklearn_solver_is_linearsvc():

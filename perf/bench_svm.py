@@ -1,6 +1,6 @@
 """VOC07-style SVM protocol on generated features: sklearn's LinearSVC loop vs BatchedLinearSVC.
 
-    python perf/bench_svm.py [--n 2000] [--dim 4096] [--classes 10] [--quick]
+    python perf/bench_svm.py [--n 2000] [--dim 4096] [--classes 20] [--quick]
 
 Both runs share one pipeline (11 VISSL costs, 3-fold stratified CV per class
 without shuffle scored by average precision, refit with the best cost per

@@ -10,6 +10,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
+import numpy as np
+
 from benchmark.errors import SslBenchError
 
 C = TypeVar("C")
@@ -85,6 +87,19 @@ def _convert(raw: str, annotation: Any) -> Any:
 
 def _type_name(annotation: Any) -> str:
     return {int: "integers", float: "numbers", str: "strings"}.get(annotation, str(annotation))
+
+
+def is_int(value: Any) -> bool:
+    """An integer (numpy's too) that is not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_split_fields(config: Any, names: tuple[str, ...] = ("train_split", "test_split")) -> None:
+    """ValueError naming the field when a split override is neither None nor a non-empty name."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ValueError(f"{name}: expected a split name or None, got {value!r}")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

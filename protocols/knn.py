@@ -15,6 +15,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from benchmark.config import check_split_fields, is_int
 from benchmark.errors import SslBenchError, did_you_mean
 from benchmark.features import check_features
 from benchmark.protocol import FeatureSet, Protocol, ProtocolResult, RunContext
@@ -40,26 +41,19 @@ class KnnConfig:
         ks = tuple(self.ks) if isinstance(self.ks, list) else self.ks
         object.__setattr__(self, "ks", ks)
         if (not isinstance(ks, tuple) or not ks
-                or not all(_is_int(k) and k >= 1 for k in ks)
+                or not all(is_int(k) and k >= 1 for k in ks)
                 or any(a >= b for a, b in zip(ks, ks[1:]))):
             raise ValueError(
                 f"ks: expected positive integers in increasing order without repeats, got {self.ks!r}")
         if (not isinstance(self.temperature, (int, float)) or isinstance(self.temperature, bool)
                 or not np.isfinite(self.temperature) or self.temperature <= 0):
             raise ValueError(f"temperature: expected a finite number > 0, got {self.temperature!r}")
-        if not _is_int(self.chunk_size) or self.chunk_size < 1:
+        if not is_int(self.chunk_size) or self.chunk_size < 1:
             raise ValueError(f"chunk_size: expected an integer >= 1, got {self.chunk_size!r}")
         for name in ("normalize", "use_gpu"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
-        for name in ("train_split", "test_split"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value):
-                raise ValueError(f"{name}: expected a split name or None, got {value!r}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+        check_split_fields(self)
 
 
 def gpu_search_available() -> bool:

@@ -37,11 +37,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from benchmark.config import is_int
 from benchmark.errors import SslBenchError
 from benchmark.protocol import Protocol, ProtocolResult, RunContext
 from benchmark.registry import PROTOCOLS
 from protocols.metrics import average_precision, mean_average_precision
-from protocols.svm_common import (check_multilabel, check_svm_fields, class_names, first_best, is_int, make_svm,
+from protocols.svm_common import (check_multilabel, check_svm_fields, class_names, first_best, make_svm,
                                   nan_to_none, resolve_costs, scores_at, splits_of, take_tap)
 
 SAMPLING = ("numpy.random.default_rng(key).choice(rows, n, replace=False); key [sample_seed, sample, k, class, 1|0] "

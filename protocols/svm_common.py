@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmark.config import check_split_fields
 from benchmark.errors import SslBenchError, did_you_mean
 from benchmark.features import check_features
 from benchmark.protocol import FeatureSet, RunContext
@@ -43,14 +44,7 @@ def check_svm_fields(config: Any) -> None:
         value = getattr(config, name)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
             raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
-    for name in ("train_split", "test_split"):
-        value = getattr(config, name)
-        if value is not None and (not isinstance(value, str) or not value):
-            raise ValueError(f"{name}: expected a split name or None, got {value!r}")
-
-
-def is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    check_split_fields(config)
 
 
 def splits_of(ctx: RunContext, config: Any, protocol: str) -> tuple[str, str]:

@@ -32,11 +32,12 @@ from typing import Any, Literal
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
+from benchmark.config import is_int
 from benchmark.errors import SslBenchError
 from benchmark.protocol import Protocol, ProtocolResult, RunContext
 from benchmark.registry import PROTOCOLS
 from protocols.metrics import average_precision
-from protocols.svm_common import (check_multilabel, check_svm_fields, class_names, first_best, is_int, make_svm,
+from protocols.svm_common import (check_multilabel, check_svm_fields, class_names, first_best, make_svm,
                                   nan_to_none, resolve_costs, scores_at, splits_of, take_tap)
 
 PER_IMAGE_LIMIT = 200_000  # test scores (images x classes) kept in details for the best tap, for bootstrap

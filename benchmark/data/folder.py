@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import torch.utils.data
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from benchmark.data.base import ImageDataset
-from benchmark.data.images import Digest, ImageFiles, check_split, first, require_dir, require_root
+from benchmark.data.images import ListedImages, check_split, first, require_dir, require_root
 from benchmark.errors import SslBenchError
 from benchmark.registry import DATASETS
 
@@ -19,11 +15,10 @@ _HINT = ("pass --data-root pointing at a folder holding train/<class>/ and val/<
 
 
 @DATASETS.register("folder")
-class ImageFolder(ImageDataset):
+class ImageFolder(ListedImages):
     """Class-per-folder images; the classes are train/'s sub-folders, sorted; val/ may lack some."""
 
     name = "folder"
-    task = "multiclass"
     splits = ("train", "val")
     train_split = "train"
     test_split = "val"
@@ -38,13 +33,8 @@ class ImageFolder(ImageDataset):
         except FileNotFoundError:
             raise SslBenchError(f"no class folders in {self.base / 'train'}; {_HINT}") from None
         self._samples: dict[str, list[tuple[str, int]]] = {}
-        self._digest: str | None = None
 
-    @property
-    def classes(self) -> list[str]:
-        return list(self._classes)
-
-    def _split_samples(self, split: str) -> list[tuple[str, int]]:
+    def _split_pairs(self, split: str) -> list[tuple[str, int]]:
         """(path relative to root/split, label) pairs, by class then file name."""
         check_split(self.name, split, self.splits)
         if split not in self._samples:
@@ -62,21 +52,8 @@ class ImageFolder(ImageDataset):
             self._samples[split] = first(pairs, self.limit)
         return self._samples[split]
 
-    def ids(self, split: str) -> list[str]:
-        return [name for name, _ in self._split_samples(split)]
+    def _image_dir(self, split: str) -> Path:
+        return self.base / split
 
-    def labels(self, split: str) -> np.ndarray:
-        return np.asarray([label for _, label in self._split_samples(split)], dtype=np.int64)
-
-    def open_split(self, split: str, transform: Any) -> torch.utils.data.Dataset:
-        return ImageFiles([self.base / split / name for name in self.ids(split)], transform)
-
-    def digest(self) -> str:
-        if self._digest is None:
-            digest = Digest()
-            digest.add(*self._classes)
-            for split in self.splits:
-                digest.add(split, *self.ids(split), self.labels(split).tobytes())
-                digest.add_files(self.base, [self.base / split / name for name in self.ids(split)])
-            self._digest = digest.hexdigest()
-        return self._digest
+    def _files_root(self) -> Path:
+        return self.base

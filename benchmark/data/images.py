@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import torch.utils.data
 from PIL import Image
+
+from benchmark.data.base import ImageDataset
 
 from benchmark.errors import SslBenchError, did_you_mean
 
@@ -104,3 +108,49 @@ class Digest:
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
+
+
+class ListedImages(ImageDataset):
+    """Single-label images listed per split as (path relative to the split's image folder, class index)."""
+
+    task = "multiclass"
+
+    def __init__(self, root: Path | None, limit: int | None = None) -> None:
+        super().__init__(root, limit)
+        self._classes: list[str] = []
+        self._digest: str | None = None
+
+    @abstractmethod
+    def _split_pairs(self, split: str) -> list[tuple[str, int]]:
+        """The (relative path, label) pairs of a split, in id order, limited."""
+
+    @abstractmethod
+    def _image_dir(self, split: str) -> Path:
+        """The folder a split's listed paths are relative to."""
+
+    @abstractmethod
+    def _files_root(self) -> Path:
+        """The folder the digest names image files relative to."""
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self._classes)
+
+    def ids(self, split: str) -> list[str]:
+        return [path for path, _ in self._split_pairs(split)]
+
+    def labels(self, split: str) -> np.ndarray:
+        return np.asarray([label for _, label in self._split_pairs(split)], dtype=np.int64)
+
+    def open_split(self, split: str, transform: Callable[[Image.Image], Any] | None) -> torch.utils.data.Dataset:
+        return ImageFiles([self._image_dir(split) / path for path in self.ids(split)], transform)
+
+    def digest(self) -> str:
+        if self._digest is None:
+            digest = Digest()
+            digest.add(*self._classes)
+            for split in self.splits:
+                digest.add(split, *self.ids(split), self.labels(split).tobytes())
+                digest.add_files(self._files_root(), [self._image_dir(split) / path for path in self.ids(split)])
+            self._digest = digest.hexdigest()
+        return self._digest

@@ -9,13 +9,9 @@ else they are the index strings '0'..'204'.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import torch.utils.data
 
-from benchmark.data.base import ImageDataset
-from benchmark.data.images import Digest, ImageFiles, check_split, first, require_root
+from benchmark.data.images import ListedImages, check_split, first, require_root
 from benchmark.errors import SslBenchError
 from benchmark.registry import DATASETS
 
@@ -48,11 +44,10 @@ def category_name(path: str) -> str:
 
 
 @DATASETS.register("places205")
-class Places205(ImageDataset):
+class Places205(ListedImages):
     """Places205 scene classification: train (about 2.45M images) and val (20500), 205 classes."""
 
     name = "places205"
-    task = "multiclass"
     splits = ("train", "val")
     train_split = "train"
     test_split = "val"
@@ -63,8 +58,7 @@ class Places205(ImageDataset):
         self.list_dir = self._find_list_dir()
         self._classes = self._read_classes()
         self._pairs: dict[str, list[tuple[str, int]]] = {}
-        self._image_dir: Path | None = None
-        self._digest: str | None = None
+        self._found_image_dir: Path | None = None
 
     def _find_list_dir(self) -> Path:
         tried = [self.base / d / f"{s}_places205.csv" for d in LIST_DIRS for s in self.splits]
@@ -87,10 +81,6 @@ class Places205(ImageDataset):
                 return names
         return [str(c) for c in range(N_CLASSES)]
 
-    @property
-    def classes(self) -> list[str]:
-        return list(self._classes)
-
     def _split_pairs(self, split: str) -> list[tuple[str, int]]:
         check_split(self.name, split, self.splits)
         if split not in self._pairs:
@@ -105,31 +95,18 @@ class Places205(ImageDataset):
     @property
     def image_dir(self) -> Path:
         """The folder the listed paths are relative to: the first candidate holding the first listed image."""
-        if self._image_dir is None:
+        if self._found_image_dir is None:
             probe = next((path for s in self.splits for path, _ in self._split_pairs(s)), None)
             candidates = [self.base / d for d in IMAGE_DIRS]
             found = [d for d in candidates if probe is None or (d / probe).is_file()]
             if not found:
                 raise SslBenchError(f"Places205 image {probe} not found under any of "
                                     f"{', '.join(str(d) for d in candidates)}; {_HINT}")
-            self._image_dir = found[0].resolve()
-        return self._image_dir
+            self._found_image_dir = found[0].resolve()
+        return self._found_image_dir
 
-    def ids(self, split: str) -> list[str]:
-        return [path for path, _ in self._split_pairs(split)]
+    def _image_dir(self, split: str) -> Path:
+        return self.image_dir
 
-    def labels(self, split: str) -> np.ndarray:
-        return np.asarray([label for _, label in self._split_pairs(split)], dtype=np.int64)
-
-    def open_split(self, split: str, transform: Any) -> torch.utils.data.Dataset:
-        return ImageFiles([self.image_dir / path for path in self.ids(split)], transform)
-
-    def digest(self) -> str:
-        if self._digest is None:
-            digest = Digest()
-            digest.add(*self._classes)
-            for split in self.splits:
-                digest.add(split, *self.ids(split), self.labels(split).tobytes())
-                digest.add_files(self.image_dir, [self.image_dir / path for path in self.ids(split)])
-            self._digest = digest.hexdigest()
-        return self._digest
+    def _files_root(self) -> Path:
+        return self.image_dir

@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="add the published reference rows (Goyal et al. 2019 and others), marked as such")
     report.add_argument("--strict", action="store_true", help="a malformed record is an error, not a warning")
     report.add_argument("--bootstrap", type=int, default=1000, metavar="N",
-                        help="bootstrap resamples for intervals and significance marks (default: 1000)")
+                        help="bootstrap resamples for intervals and significance marks (default: 1000, "
+                             "as stored by every run; another N resamples the per-image arrays again)")
 
     regress = commands.add_parser("regress", help="fail when results drop below a baseline (for CI)",
                                   description="Compare result records with a baseline; exit 1 on a drop "
@@ -115,6 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from benchmark.config import parse_overrides
+    from benchmark.results import split_arrays
     from benchmark.runner import RunOptions, default_cache_dir, run
 
     options = RunOptions(
@@ -130,8 +132,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, disable=None, **kwargs)
 
     record, path = run(options, progress_factory=progress, log=_log)
-    if args.json:
-        print(json.dumps(record, indent=2, sort_keys=True))
+    if args.json:  # as stored: per-image arrays are references into the record's side file
+        print(json.dumps(split_arrays(record)[0], indent=2, sort_keys=True))
     else:
         print(format_metrics(record))
         print(f"result: {path}")

@@ -39,7 +39,13 @@ class FeatureSet:
 
 @dataclasses.dataclass
 class ProtocolResult:
-    """What a protocol returns: metrics per tap, plus details (per-class APs, chosen costs, scores)."""
+    """What a protocol returns: metrics per tap, plus details (per-class APs, chosen costs, scores).
+
+    details holds JSON values and numpy arrays; the store puts the arrays (per-image
+    scores, say) in the record's side file. Per-image evidence the reports can
+    bootstrap: details.per_image[tap] = {k, correct_top1} or details.per_image =
+    {tap, ids, scores, labels} (see benchmark.bootstrap.evidence_for).
+    """
 
     metrics: dict[str, dict[str, float]]
     details: dict[str, Any] = dataclasses.field(default_factory=dict)

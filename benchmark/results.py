@@ -1,17 +1,24 @@
-"""Result records, their JSON schema, the atomic store, and partial state for resume."""
+"""Result records, their JSON schema, the atomic store with array side files, and partial state for resume."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import tempfile
+import uuid
+import zipfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from benchmark.errors import SslBenchError
 
 SCHEMA_VERSION = 1
+ARRAY_KEY = "$array"  # marks a reference to an array in the record's side file
+RUN_MEMBER = "_run"  # the side file's member holding the run id its record names
 REQUIRED_KEYS = ("schema_version", "checkpoint", "protocol", "config", "dataset", "metrics",
                  "seed", "versions", "device", "timings")
 
@@ -62,11 +69,16 @@ def check_writable(results_dir: Path) -> None:
 
 
 class ResultStore:
-    """One JSON file per run at RESULTS/<checkpoint>/<protocol>.json.
+    """One JSON file per run at RESULTS/<checkpoint>/<protocol>.json, its arrays in a side file.
 
     A record with another config never overwrites an existing one: it goes to
     <protocol>-<config digest>.json instead. Re-running the same config replaces
-    its own file.
+    its own file. Every numpy array in a record (per-image scores, bootstrap
+    statistics) goes to <stem>.<run id>.npz beside it and is replaced in the JSON
+    by {"$array": name, "shape", "dtype"}; the record names the file and the run
+    id under "arrays". The side file is written before the JSON, and an older
+    run's side file is removed only after, so a reader never sees a record
+    without its arrays.
     """
 
     def __init__(self, root: Path) -> None:
@@ -85,12 +97,81 @@ class ResultStore:
             raise ValueError(f"result record lacks keys {missing}")
         path = self.path_for(record["checkpoint"]["name"], record["protocol"]["name"],
                              record["config_digest"])
-        atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        document, arrays = split_arrays(record)
+        side = None
+        if arrays:
+            run = uuid.uuid4().hex[:12]
+            buffer = io.BytesIO()
+            np.savez(buffer, **{RUN_MEMBER: np.array(run)}, **arrays)
+            side = atomic_write_bytes(path.with_name(f"{path.stem}.{run}.npz"), buffer.getvalue())
+            document["arrays"] = {"file": side.name, "run": run}
+        atomic_write_text(path, json.dumps(document, indent=2, sort_keys=True) + "\n")
+        for old in path.parent.glob("*.npz"):
+            if old != side and re.fullmatch(rf"{re.escape(path.stem)}\.[0-9a-f]{{12}}\.npz", old.name):
+                old.unlink(missing_ok=True)
         return path
 
     def partial_state(self, checkpoint_name: str, protocol: str, config_digest: str) -> PartialState:
         folder = self.root / safe_name(checkpoint_name) / ".partial"
         return PartialState(folder / f"{safe_name(protocol)}-{config_digest}.json")
+
+
+def split_arrays(record: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(JSON-ready copy of record, arrays by name): every numpy array replaced by a reference to its name."""
+    arrays: dict[str, np.ndarray] = {}
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            name = f"a{len(arrays)}"
+            arrays[name] = value
+            return {ARRAY_KEY: name, "shape": list(value.shape), "dtype": value.dtype.str}
+        if isinstance(value, dict):
+            return {key: walk(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [walk(item) for item in value]
+        return value
+
+    return walk(record), arrays
+
+
+class RecordArrays:
+    """Resolves the array values of a stored record: lists as they are, references from its side file.
+
+    The side file is checked against the record's run id on every read (it is
+    opened per read, so no file handle outlives a call); a missing, foreign or
+    corrupt side file raises SslBenchError naming both files.
+    """
+
+    def __init__(self, record_path: str | Path, record: dict[str, Any]) -> None:
+        self.record_path = Path(record_path)
+        self.info = record.get("arrays") if isinstance(record.get("arrays"), dict) else {}
+
+    def __call__(self, value: Any) -> np.ndarray:
+        if not (isinstance(value, dict) and ARRAY_KEY in value):
+            return np.asarray(value)
+        name = str(value[ARRAY_KEY])
+        try:
+            with np.load(self._side_file(), allow_pickle=False) as arrays:
+                if RUN_MEMBER not in arrays.files or str(arrays[RUN_MEMBER]) != self.info.get("run"):
+                    raise self._error("belongs to another run")
+                if name not in arrays.files:
+                    raise self._error(f"lacks the array '{name}'")
+                return arrays[name]
+        except FileNotFoundError:
+            raise self._error("is missing") from None
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise self._error(f"cannot be read ({exc})") from None
+
+    def _side_file(self) -> Path:
+        name = self.info.get("file")
+        if not isinstance(name, str) or Path(name).name != name or not name.endswith(".npz"):
+            raise SslBenchError(f"{self.record_path} refers to stored arrays but names no .npz side file beside "
+                                "it; rerun the protocol to rewrite the record")
+        return self.record_path.with_name(name)
+
+    def _error(self, problem: str) -> SslBenchError:
+        return SslBenchError(f"side file {self.record_path.with_name(str(self.info.get('file')))} of "
+                             f"{self.record_path} {problem}; rerun the protocol to rewrite both")
 
 
 def _config_digest_of(path: Path) -> str | None:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from benchmark import __version__
+from benchmark.bootstrap import precompute
 from benchmark.config import build_config, config_digest, config_to_dict
 from benchmark.errors import SslBenchError
 from benchmark.protocol import FeatureSet, Protocol, RunContext
@@ -178,6 +179,9 @@ def run(options: RunOptions, progress_factory: Callable[..., Any] | None = None,
     }
     if not is_main_process():
         return record, Path()
+    bootstrap = precompute(record)  # resampled statistics once here, so reports need no per-image pass
+    if bootstrap is not None:
+        record["bootstrap"] = bootstrap
     path = store.write(record)
     state.discard()
     return record, path

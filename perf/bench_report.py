@@ -5,9 +5,10 @@
 50 checkpoints x 10 protocol variants (knn x 4 configs, voc07_svm x 3, lowshot
 x 3), 6 taps each; knn keeps 0/1 correctness per test image for every tap,
 voc07_svm keeps scores and labels (test images x 20 classes) for its best tap,
-as the protocols do. Prints the time to only json-load the same records as a
-reference measured in the same run, then `report_seconds=... budget_seconds=10
-ratio=... (target < 1.0)`.
+and every record its bootstrap statistics, written as the runner writes them
+(JSON plus an .npz side file). Prints the time to only read the same records
+and all their arrays as a reference measured in the same run, then
+`report_seconds=... budget_seconds=10 ratio=... (target < 1.0)`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmark.bootstrap import precompute
 from benchmark.results import ResultStore
 from reports.report import FORMATS, build_report
 
@@ -71,7 +73,7 @@ def knn_record(rng: np.random.Generator, record: dict[str, Any], quality: float,
         accuracy = 100.0 * correct.mean()
         metrics[tap] = {f"top1_k{k}": accuracy - abs(k - 20) / 100 for k in (10, 20, 100, 200)}
         metrics[tap].update({f"top5_k{k}": min(100.0, accuracy + 15) for k in (10, 20, 100, 200)})
-        per_image[tap] = {"k": 20, "correct_top1": correct.tolist()}
+        per_image[tap] = {"k": 20, "correct_top1": correct.astype(np.int8)}
     return {**record, "metrics": metrics, "details": {"per_image": per_image}}
 
 
@@ -81,7 +83,8 @@ def voc_record(rng: np.random.Generator, record: dict[str, Any], quality: float,
 
     metrics, scores_of = {}, {}
     for tap, depth in zip(TAPS, DEPTH):
-        scores = scores_of[tap] = (labels == 1) * quality * depth * 2 + rng.standard_normal(labels.shape)
+        scores = scores_of[tap] = ((labels == 1) * quality * depth * 2
+                                   + rng.standard_normal(labels.shape)).astype(np.float32)
         value = 100.0 * mean_average_precision(scores, labels)[0]
         metrics[tap] = {"mAP": value, "mAP_11pt": value - 1.0}
     best = max(TAPS, key=lambda t: metrics[t]["mAP"])
@@ -89,8 +92,8 @@ def voc_record(rng: np.random.Generator, record: dict[str, Any], quality: float,
     classes = [f"class{c}" for c in range(VOC_CLASSES)]
     return {**record, "metrics": metrics, "details": {"per_image": {
         "tap": best, "ids": ids,
-        "scores": {c: np.round(scores[:, i], 5).tolist() for i, c in enumerate(classes)},
-        "labels": {c: labels[:, i].tolist() for i, c in enumerate(classes)}}}}
+        "scores": {c: scores[:, i].astype(np.float32) for i, c in enumerate(classes)},
+        "labels": {c: labels[:, i].astype(np.int8) for i, c in enumerate(classes)}}}}
 
 
 def lowshot_record(rng: np.random.Generator, record: dict[str, Any], quality: float) -> dict[str, Any]:
@@ -111,7 +114,7 @@ def write_records(root: Path, checkpoints: int, knn_images: int, voc_images: int
     voc_labels = (rng.random((voc_images, VOC_CLASSES)) < 0.08).astype(int)
     voc_labels[rng.random(voc_labels.shape) < 0.02] = -1
     voc_labels[0] = 1  # every class has a positive
-    voc_ids = [f"{i:06d}" for i in range(voc_images)]
+    voc_ids = np.array([f"{i:06d}" for i in range(voc_images)])
     count = 0
     for c in range(checkpoints):
         name = f"ckpt-{c:03d}"
@@ -126,6 +129,9 @@ def write_records(root: Path, checkpoints: int, knn_images: int, voc_images: int
                 record = voc_record(rng, record, quality, voc_labels, voc_ids)
             else:
                 record = lowshot_record(rng, record, quality)
+            bootstrap = precompute(record)  # as the runner does
+            if bootstrap is not None:
+                record["bootstrap"] = bootstrap
             store.write(record)
             count += 1
     return count
@@ -142,14 +148,21 @@ def main() -> None:
         results, out = Path(tmp) / "results", Path(tmp) / "report"
         tick = time.perf_counter()
         count = write_records(results, args.checkpoints, args.knn_images, args.voc_images)
-        size = sum(p.stat().st_size for p in results.rglob("*.json")) / 2**20
-        print(f"records={count} size_mib={size:.0f} (written in {time.perf_counter() - tick:.1f} s)")
+        json_mib = sum(p.stat().st_size for p in results.rglob("*.json")) / 2**20
+        npz_mib = sum(p.stat().st_size for p in results.rglob("*.npz")) / 2**20
+        print(f"records={count} json_mib={json_mib:.1f} side_files_mib={npz_mib:.0f} "
+              f"(written in {time.perf_counter() - tick:.1f} s)")
 
         tick = time.perf_counter()
         for path in results.rglob("*.json"):
             json.loads(path.read_text())
-        load_seconds = time.perf_counter() - tick
-        print(f"json_load_seconds={load_seconds:.2f} (reference: reading the same records, no report)")
+        for path in results.rglob("*.npz"):
+            with np.load(path) as arrays:
+                for name in arrays.files:
+                    arrays[name]
+        read_seconds = time.perf_counter() - tick
+        print(f"read_seconds={read_seconds:.2f} (reference: reading the same records and all their arrays, "
+              "no report)")
 
         profiler = cProfile.Profile() if args.profile else None
         tick = time.perf_counter()

@@ -193,7 +193,9 @@ class KnnProtocol(Protocol):
             "splits": {"train": train_split, "test": test_split},
             "ks_clipped": {t: r["ks_clipped"] for t, r in per_tap.items() if r["ks_clipped"]},
             "search": {t: r["search"] for t, r in per_tap.items()},
-            "per_image": {t: r["per_image"] for t, r in per_tap.items() if r["per_image"]},
+            "per_image": {t: {"k": r["per_image"]["k"],
+                              "correct_top1": np.asarray(r["per_image"]["correct_top1"], dtype=np.int8)}
+                          for t, r in per_tap.items() if r["per_image"]},
         }
         return ProtocolResult({t: r["metrics"] for t, r in per_tap.items()}, details)
 

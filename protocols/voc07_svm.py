@@ -122,7 +122,7 @@ class Voc07SvmProtocol(Protocol):
             "skipped_classes": per_tap[best]["skipped_classes"],
             "per_class": {t: {k: v for k, v in r.items() if k not in ("metrics", "per_image", "skipped_classes")}
                           for t, r in per_tap.items()},
-            "per_image": {"tap": best, **per_tap[best]["per_image"]} if per_tap[best]["per_image"] else None,
+            "per_image": _per_image_arrays(best, per_tap[best]["per_image"]),
         }
         return ProtocolResult({t: r["metrics"] for t, r in per_tap.items()}, details)
 
@@ -188,7 +188,7 @@ class Voc07SvmProtocol(Protocol):
             "skipped_classes": skipped,
             "n_train": int(X.shape[0]), "n_test": int(Q.shape[0]),
             "per_image": {"ids": test_ids,
-                          "scores": {names[c]: np.round(scores[:, c].astype(np.float64), 5).tolist() for c in active},
+                          "scores": {names[c]: scores[:, c].tolist() for c in active},
                           "labels": {names[c]: q_labels[:, c].tolist() for c in active}}
             if q_labels.size <= PER_IMAGE_LIMIT else None,
         }
@@ -243,3 +243,12 @@ class Voc07SvmProtocol(Protocol):
             result["cv_ap"][names[c]] = nan_to_none(table)
             result["folds_used"][names[c]] = [columns[j][1] for j in mine]
         return result
+
+
+def _per_image_arrays(tap: str, per_image: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The best tap's test scores (float32, as the SVMs gave them), labels and image ids as arrays."""
+    if per_image is None:
+        return None
+    return {"tap": tap, "ids": np.asarray(per_image["ids"], dtype=str),
+            "scores": {c: np.asarray(v, dtype=np.float32) for c, v in per_image["scores"].items()},
+            "labels": {c: np.asarray(v, dtype=np.int8) for c, v in per_image["labels"].items()}}

@@ -12,16 +12,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from benchmark import __version__
+from benchmark.bootstrap import N_BOOT
 from benchmark.errors import SslBenchError
 from benchmark.results import atomic_write_bytes, atomic_write_text, safe_name
 from reports.html import plot_caption, render_html
 from reports.plots import Plot, lowshot_curves, tap_profiles
 from reports.records import RecordSet, load_records
-from reports.uncertainty import N_BOOT
 from reports.tables import (
     DAGGER,
     Table,
-    Uncertainty,
     protocol_tables,
     summary_table,
     to_csv,
@@ -29,6 +28,7 @@ from reports.tables import (
     to_latex,
     to_markdown,
 )
+from reports.uncertainty import Uncertainty
 
 FORMATS = ("md", "html", "csv", "tex")
 TITLE = "ssl-bench report"
@@ -56,7 +56,7 @@ def build_report(results_dirs: Sequence[Path], out: Path, formats: Sequence[str]
 
     records = load_records(dirs, strict=strict, warn=collect)
     _check_out(out)
-    uncertainty = Uncertainty(records, n_boot)  # one bootstrap cache shared by every table
+    uncertainty = Uncertainty(records, n_boot, warn=collect)  # one bootstrap cache shared by every table
     tables = [summary_table(records, references, uncertainty=uncertainty),
               *protocol_tables(records, references, uncertainty=uncertainty)]
     plots = _plots(records, references) if {"md", "html"} & set(wanted) else []

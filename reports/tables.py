@@ -39,14 +39,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmark.bootstrap import ALPHA, EVIDENCE, N_BOOT, SEED, Bootstrap, aligned
 from reports.records import RecordSet
 from reports.references import BEST, ReferenceRow, references_for
-from reports.uncertainty import ALPHA, N_BOOT, SEED, Bootstrap, Correctness, Evidence, Ranking, aligned, evidence_for
+from reports.uncertainty import Uncertainty
 
 TAP_ORDER = ("conv1", "conv2", "conv3", "conv4", "conv5", "res2", "res3", "res4", "res5", "res5avg")
 DAGGER = "†"
 MEAN_FAMILY = re.compile(r"(?P<family>.+)_k(?P<k>\d+)_mean")
-EVIDENCE = (Correctness, Ranking)
 
 
 @dataclasses.dataclass
@@ -87,39 +87,6 @@ def tap_order(columns: list[str]) -> list[str]:
     """Taps in network order (conv1 .. res5avg), any other column after them in sorted order."""
     known = [t for t in TAP_ORDER if t in columns]
     return known + sorted(c for c in columns if c not in TAP_ORDER)
-
-
-class Uncertainty:
-    """Per-image evidence, bootstrap intervals and paired tests for the cells of tables, each computed once.
-
-    Pass one instance to protocol_tables and summary_table to share the work.
-    """
-
-    def __init__(self, records: RecordSet, n_boot: int = N_BOOT, seed: int = SEED) -> None:
-        self.records = records
-        self.bootstrap = Bootstrap(n_boot, seed)
-        self._evidence: dict[tuple[str, str, str], Evidence | None] = {}
-
-    @property
-    def n_boot(self) -> int:
-        return self.bootstrap.n_boot
-
-    @property
-    def seed(self) -> int:
-        return self.bootstrap.seed
-
-    def evidence(self, path: Any, tap: str, metric: str) -> Evidence | None:
-        """The evidence behind (record at path, tap, metric), or None (also for a missing path)."""
-        if not isinstance(path, str):
-            return None
-        key = (path, tap, metric)
-        if key not in self._evidence:
-            self._evidence[key] = evidence_for(self.records.records[path], tap, metric)
-        return self._evidence[key]
-
-    def interval(self, path: Any, tap: str, metric: str) -> tuple[float, float] | None:
-        found = self.evidence(path, tap, metric)
-        return None if found is None else self.bootstrap.interval(found)
 
 
 def protocol_tables(records: RecordSet, references: bool = False, n_boot: int = N_BOOT, seed: int = SEED,
@@ -293,30 +260,38 @@ def _top(series: pd.Series, higher: bool) -> list[str]:
 
 
 def _row_best(values: pd.DataFrame, higher: bool) -> pd.DataFrame:
-    bold = pd.DataFrame(False, index=values.index, columns=values.columns)
-    for label in values.index:
-        bold.loc[label, _top(values.loc[label], higher)] = True
-    return bold
+    """True where a value is the best finite value of its row (all of them on ties)."""
+    grid = values.to_numpy(dtype=float)
+    finite = np.isfinite(grid)
+    filled = np.where(finite, grid, -np.inf if higher else np.inf)
+    best = filled.max(axis=1, keepdims=True) if higher else filled.min(axis=1, keepdims=True)
+    return pd.DataFrame(finite & (grid == best), index=values.index, columns=values.columns)
 
 
 def _column_not_worse(values: pd.DataFrame, evidence: pd.DataFrame, measured: list[str], higher: bool,
                       bootstrap: Bootstrap) -> pd.DataFrame:
     """† marks: per column, the best measured entry and those a paired bootstrap cannot tell worse."""
-    marks = pd.DataFrame(False, index=values.index, columns=values.columns)
-    for column in values.columns:
-        top = _top(values.loc[measured, column], higher)
-        marks.loc[top, column] = True
-        best = next((evidence.loc[label, column] for label in top
-                     if isinstance(evidence.loc[label, column], EVIDENCE)), None)
+    marks = np.zeros(values.shape, dtype=bool)
+    rows = [values.index.get_loc(label) for label in measured]
+    grid, found = values.to_numpy(dtype=float), evidence.to_numpy(dtype=object)
+    for j in range(values.shape[1]):
+        column = grid[rows, j]
+        finite = np.isfinite(column)
+        if not finite.any():
+            continue
+        best_value = column[finite].max() if higher else column[finite].min()
+        top = [i for i, value in zip(rows, column) if value == best_value]
+        marks[top, j] = True
+        best = next((found[i, j] for i in top if isinstance(found[i, j], EVIDENCE)), None)
         if best is None:
             continue
-        for label in measured:
-            other = evidence.loc[label, column]
-            if label in top or not isinstance(other, EVIDENCE) or not aligned(best, other):
+        for i in rows:
+            other = found[i, j]
+            if i in top or not isinstance(other, EVIDENCE) or not aligned(best, other):
                 continue
             p = bootstrap.pvalue(best, other) if higher else bootstrap.pvalue(other, best)
-            marks.loc[label, column] = p > ALPHA
-    return marks
+            marks[i, j] = p > ALPHA
+    return pd.DataFrame(marks, index=values.index, columns=values.columns)
 
 
 def _settings_text(settings: dict[str, Any], metric: str) -> str:

@@ -36,6 +36,8 @@ def lowshot_record(template: dict, name: str, base: float, std: float) -> dict:
                                for stat, value in (("mean", base + offset + 4 * k), ("std", std))}
                          for tap, offset in (("res3", -5.0), ("res5avg", 0.0))}
     record["details"] = {}
+    for key in ("bootstrap", "arrays"):  # the template's per-image statistics and side file are not lowshot's
+        record.pop(key, None)
     return record
 
 

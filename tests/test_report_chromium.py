@@ -51,13 +51,13 @@ def report_html(tmp_path_factory, folder_root, voc_root) -> Path:
     results = tmp_path_factory.mktemp("results")
     cache = tmp_path_factory.mktemp("cache")
     for seed, name in ((0, "ckA"), (0, XSS)):
-        record, _ = run(RunOptions(checkpoint="random:resnet18_cifar", protocol="knn", dataset="folder",
+        _, stored = run(RunOptions(checkpoint="random:resnet18_cifar", protocol="knn", dataset="folder",
                                    data_root=folder_root, taps=("res3", "res5avg"), results_dir=results,
                                    overrides={"ks": "1,3"}, name=name, seed=seed, cache_dir=cache))
     for name, base in (("ckA", 20.0), (XSS, 25.0)):
         path = results / f"lowshot-{base}" / "lowshot.json"
         path.parent.mkdir()
-        path.write_text(json.dumps(lowshot_record(record, name, base, 1.0)))
+        path.write_text(json.dumps(lowshot_record(json.loads(stored.read_text()), name, base, 1.0)))
     out = tmp_path_factory.mktemp("report")
     build_report([results], out, formats=["html"], references=True)
     return out / "report.html"

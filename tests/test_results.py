@@ -1,10 +1,12 @@
 import json
 import os
+import shutil
 
+import numpy as np
 import pytest
 
 from benchmark.errors import SslBenchError
-from benchmark.results import REQUIRED_KEYS, PartialState, ResultStore, atomic_write_text, check_writable
+from benchmark.results import REQUIRED_KEYS, PartialState, RecordArrays, ResultStore, atomic_write_text, check_writable
 
 
 def record(digest: str, value: float) -> dict:
@@ -24,6 +26,67 @@ def test_same_config_replaces_other_config_gets_its_own_file(tmp_path):
     second = store.write(record("bbb", 3.0))
     assert second.name == "knn-bbb.json"
     assert json.loads(first.read_text())["config_digest"] == "aaa"
+
+
+def with_arrays(digest: str, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {**record(digest, 1.0), "details": {
+        "per_image": {"tap": "res5", "ids": np.array(["000005", "000007"]),
+                      "scores": {"cat": rng.random(2).astype(np.float32)},
+                      "labels": {"cat": np.array([1, -1], dtype=np.int8)}},
+        "note": [1, 2, 3]}}
+
+
+def test_arrays_go_to_a_side_file_and_come_back_exactly(tmp_path):
+    store = ResultStore(tmp_path)
+    original = with_arrays("aaa", 0)
+    path = store.write(original)
+    stored = json.loads(path.read_text())
+    per_image = stored["details"]["per_image"]
+    assert per_image["scores"]["cat"] == {"$array": "a1", "shape": [2], "dtype": "<f4"}
+    assert stored["details"]["note"] == [1, 2, 3] and per_image["tap"] == "res5"
+    side = path.with_name(stored["arrays"]["file"])
+    assert side.is_file() and side.name.startswith("knn.") and side.suffix == ".npz"
+    arrays = RecordArrays(path, stored)
+    np.testing.assert_array_equal(arrays(per_image["ids"]), original["details"]["per_image"]["ids"])
+    back = arrays(per_image["scores"]["cat"])
+    assert back.dtype == np.float32 and back.tobytes() == original["details"]["per_image"]["scores"]["cat"].tobytes()
+    assert arrays(per_image["labels"]["cat"]).dtype == np.int8
+    assert arrays([1, 2]).tolist() == [1, 2]  # inline lists of older records
+
+
+def test_rewriting_a_run_replaces_its_side_file_and_keeps_other_runs(tmp_path):
+    store = ResultStore(tmp_path)
+    first = store.write(with_arrays("aaa", 0))
+    other = store.write(with_arrays("bbb", 1))
+    old_side = first.with_name(json.loads(first.read_text())["arrays"]["file"])
+    shutil.copy(old_side, tmp_path / "old.npz")
+    store.write(with_arrays("aaa", 2))
+    stored = json.loads(first.read_text())
+    assert not old_side.exists()
+    assert sorted(p.name for p in first.parent.glob("*.npz")) == sorted(
+        [stored["arrays"]["file"], json.loads(other.read_text())["arrays"]["file"]])
+    shutil.copy(tmp_path / "old.npz", first.with_name(stored["arrays"]["file"]))  # a foreign side file
+    with pytest.raises(SslBenchError, match="belongs to another run; rerun the protocol"):
+        RecordArrays(first, stored)(stored["details"]["per_image"]["ids"])
+
+
+def test_side_file_problems_are_one_line_errors(tmp_path):
+    path = ResultStore(tmp_path).write(with_arrays("aaa", 0))
+    stored = json.loads(path.read_text())
+    reference = stored["details"]["per_image"]["ids"]
+    with pytest.raises(SslBenchError, match="lacks the array 'a9'"):
+        RecordArrays(path, stored)({"$array": "a9"})
+    outside = {**stored, "arrays": {**stored["arrays"], "file": "../../etc/passwd.npz"}}
+    with pytest.raises(SslBenchError, match="names no .npz side file beside it"):
+        RecordArrays(path, outside)(reference)
+    side = path.with_name(stored["arrays"]["file"])
+    side.write_bytes(b"not a zip")
+    with pytest.raises(SslBenchError, match="cannot be read"):
+        RecordArrays(path, stored)(reference)
+    side.unlink()
+    with pytest.raises(SslBenchError, match=f"side file {side} of {path} is missing"):
+        RecordArrays(path, stored)(reference)
 
 
 def test_record_missing_keys_is_a_bug():

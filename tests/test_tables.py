@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,12 @@ import pandas as pd
 import pytest
 from test_records import voc, write_record
 
+from benchmark.bootstrap import N_BOOT, SEED, Bootstrap, bootstrap_interval, evidence_for, stored_statistics
+from benchmark.results import RecordArrays
 from reports.records import load_records
 from reports.references import REFERENCES, references_for
 from reports.tables import protocol_tables, summary_table, to_csv, to_html, to_latex, to_markdown
-from reports.uncertainty import bootstrap_interval, evidence_for
+from reports.uncertainty import Uncertainty
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +71,39 @@ def test_summary_intervals_come_from_the_per_image_scores(runner_results):
     for name in ("rand", "twin"):
         path = records.paths(name, "voc07_svm")[-1]
         tap = summary.cell_notes.loc[name, "voc07_svm"]
-        evidence = evidence_for(records.records[path], tap, "mAP")
+        evidence = evidence_for(records.records[path], tap, "mAP", RecordArrays(path, records.records[path]))
         assert evidence.point() == pytest.approx(summary.values.loc[name, "voc07_svm"], abs=0.05)
         assert summary.intervals.loc[name, "voc07_svm"] == bootstrap_interval(evidence, 200, 3)
     assert "200 resamples, seed 3" in summary.caption
+
+
+def test_stored_bootstrap_statistics_equal_resampling_the_stored_scores(runner_results):
+    records = load_records(runner_results)
+    checked = 0
+    for path, record in records.records.items():
+        arrays = RecordArrays(path, record)
+        for tap, by_metric in record["bootstrap"]["entries"].items():
+            for metric in by_metric:
+                stored = stored_statistics(record, tap, metric, N_BOOT, SEED, arrays)
+                fresh = Bootstrap(N_BOOT, SEED).statistics(evidence_for(record, tap, metric, arrays))
+                np.testing.assert_array_equal(stored.stats, fresh)
+                assert stored.point() == pytest.approx(record["metrics"][tap][metric], abs=1e-9)
+                checked += 1
+    assert checked == 3 * 2 + 2  # knn: both taps of 3 records; voc07_svm: the best tap of 2
+
+
+def test_a_missing_side_file_costs_the_marks_not_the_numbers(runner_results, tmp_path):
+    copy = tmp_path / "results"
+    shutil.copytree(runner_results, copy)
+    record_path = copy / "rand" / "voc07_svm.json"
+    next((copy / "rand").glob("voc07_svm.*.npz")).unlink()
+    warnings: list[str] = []
+    records = load_records(copy)
+    summary = summary_table(records, uncertainty=Uncertainty(records, warn=warnings.append))
+    assert summary.values.loc["rand", "voc07_svm"] == json.loads(record_path.read_text())["metrics"][
+        summary.cell_notes.loc["rand", "voc07_svm"]]["mAP"]
+    assert summary.intervals.loc["rand", "voc07_svm"] is None and summary.intervals.loc["twin", "voc07_svm"]
+    assert len(warnings) == 1 and str(record_path) in warnings[0] and "is missing" in warnings[0]
 
 
 def synthetic(tmp_path: Path) -> Path:

@@ -1,13 +1,14 @@
-"""Bootstrap intervals and paired tests, checked against explicit resampling and protocols.metrics."""
+"""Bootstrap intervals, paired tests and stored statistics, checked against explicit resampling."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from benchmark.bootstrap import (Bootstrap, aligned, bootstrap_interval, correctness, evidence_for,
+                                 not_significantly_worse, paired_bootstrap_pvalue, precompute, ranking,
+                                 stored_statistics, weighted_map)
 from protocols.metrics import mean_average_precision
-from reports.uncertainty import (aligned, bootstrap_interval, correctness, evidence_for, not_significantly_worse,
-                                 paired_bootstrap_pvalue, ranking, weighted_map)
 
 
 def simulated_ranking(rng: np.random.Generator, n: int, n_classes: int = 4, signal: float = 1.0
@@ -159,3 +160,26 @@ def test_bad_evidence_is_refused():
         correctness([0, 2, 1])
     with pytest.raises(ValueError, match=r"one \(N, C\) shape"):
         ranking(np.zeros((3, 2)), np.zeros((3, 3)))
+
+
+def test_stored_statistics_are_used_only_for_their_own_resamples():
+    rng = np.random.default_rng(11)
+    record = {"dataset": {"digest": "d"}, "metrics": {"res5avg": {"top1_k10": 0.0, "top5_k10": 0.0}},
+              "details": {"per_image": {"res5avg": {"k": 10, "correct_top1": (rng.random(300) < 0.6).astype(int)}}}}
+    block = precompute(record, n_boot=400, seed=2)
+    assert list(block["entries"]) == ["res5avg"] and list(block["entries"]["res5avg"]) == ["top1_k10"]
+    record["bootstrap"] = block
+    stored = stored_statistics(record, "res5avg", "top1_k10", 400, 2)
+    fresh = Bootstrap(400, 2)
+    evidence = evidence_for(record, "res5avg", "top1_k10")
+    np.testing.assert_array_equal(stored.stats, fresh.statistics(evidence))
+    assert fresh.pvalue(stored, evidence) == 1.0 and aligned(stored, evidence)
+    assert stored.point() == evidence.point()
+    assert stored_statistics(record, "res5avg", "top1_k10", 400, 3) is None  # another seed: resample again
+    assert stored_statistics(record, "res5avg", "top1_k10", 1000, 2) is None
+    assert stored_statistics(record, "res5avg", "top5_k10", 400, 2) is None
+    with pytest.raises(ValueError, match="cannot pair"):
+        Bootstrap(1000, 2).interval(stored)
+    record["bootstrap"] = {**block, "entries": ["not", "a", "dict"]}
+    assert stored_statistics(record, "res5avg", "top1_k10", 400, 2) is None
+    assert precompute({"dataset": {"digest": "d"}, "metrics": {"res5": {"mAP": 1.0}}, "details": {}}) is None

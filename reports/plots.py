@@ -34,7 +34,7 @@ AXES_SIZE = (5.4, 3.3)  # inches
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_BOTTOM, MARGIN_TOP = 0.75, 0.1, 0.6, 0.35
 LEGEND_ROWS = 24  # legend entries per column
 LEGEND_FONT = 7
-LEGEND_CHAR_WIDTH = 0.05  # inches per character at LEGEND_FONT points (DejaVu Sans, average)
+LEGEND_GAP = 0.15  # inches between the axes and the legend, and after it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,16 +225,14 @@ def _finish(fig: Figure, ax: Axes, name: str, title: str, alt: str, formats: Seq
     if unknown:
         raise ValueError(f"image formats {unknown} are not among {IMAGE_FORMATS}")
     ax.set_title(_text(title, limit=3 * MAX_LABEL), fontsize=10)
-    handles, labels = ax.get_legend_handles_labels()
+    handles, _ = ax.get_legend_handles_labels()
     legend_width = 0.0
     if handles:
-        columns = -(-len(handles) // LEGEND_ROWS)
-        rows = -(-len(handles) // columns)
-        # a fixed layout (no constrained/tight pass): one draw per image instead of two or three
-        legend_width = 0.15 + sum(0.45 + LEGEND_CHAR_WIDTH * max(map(len, labels[i:i + rows]))
-                                  for i in range(0, len(labels), rows))
-        ax.legend(fontsize=LEGEND_FONT, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
-                  ncols=columns, frameon=False, handlelength=1.8, columnspacing=0.6)
+        # a fixed layout (no constrained/tight pass): the legend is laid out once to measure it, then placed
+        legend = ax.legend(fontsize=LEGEND_FONT, loc="upper left", borderaxespad=0, frameon=False,
+                           bbox_to_anchor=(1 + LEGEND_GAP / AXES_SIZE[0], 1.0), ncols=-(-len(handles) // LEGEND_ROWS),
+                           handlelength=1.8, columnspacing=0.6)
+        legend_width = 2 * LEGEND_GAP + legend.get_window_extent(fig.canvas.get_renderer()).width / fig.dpi
     _place(fig, ax, legend_width)
     images = {}
     for fmt in formats:

@@ -25,6 +25,7 @@ which other is at least as good as best, with the usual +1 correction,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Callable
 from typing import Any
@@ -81,7 +82,7 @@ class Correctness:
     def point(self) -> float:
         return 100.0 * float(np.mean(self.correct))
 
-    @property
+    @functools.cached_property
     def pairing(self) -> Pairing:
         return Pairing("correctness", self.dataset_digest, len(self.correct), 1, ids_digest(self.ids))
 
@@ -95,10 +96,15 @@ class Ranking:
     dataset_digest: str | None = None
     ids: tuple[str, ...] | None = None
 
-    def point(self) -> float:
-        return float(MapPlan(self.scores, self.labels)(np.ones((len(self.scores), 1), dtype=np.float32))[0])
+    @functools.cached_property
+    def plan(self) -> MapPlan:
+        """The rows sorted once per class, shared by the point value and every resample."""
+        return MapPlan(self.scores, self.labels)
 
-    @property
+    def point(self) -> float:
+        return float(self.plan(np.ones((len(self.scores), 1), dtype=np.float32))[0])
+
+    @functools.cached_property
     def pairing(self) -> Pairing:
         return Pairing("ranking", self.dataset_digest, len(self.scores), self.labels.shape[1], ids_digest(self.ids))
 
@@ -197,8 +203,7 @@ class Bootstrap:
             correct = evidence.correct.astype(np.float32)
             return np.concatenate([100.0 * (correct @ counts).astype(np.float64) / len(correct)
                                    for counts in chunks])
-        plan = MapPlan(evidence.scores, evidence.labels)
-        return np.concatenate([plan(counts) for counts in chunks])
+        return np.concatenate([evidence.plan(counts) for counts in chunks])
 
     def _resamples(self, n: int) -> list[np.ndarray]:
         """Chunks of (n, b) float32 counts: how often each image is drawn in each resample of n images."""
@@ -293,7 +298,6 @@ def weighted_map(scores: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> 
     equals mean_average_precision on the resampled rows (ties are one threshold).
     """
     return MapPlan(np.asarray(scores, dtype=np.float64), np.asarray(labels))(np.asarray(counts).T)
-
 
 
 def evidence_for(record: dict[str, Any], tap: str, metric: str,

@@ -250,22 +250,24 @@ def _grid(values: pd.DataFrame, cell: Callable[[int, int], Any]) -> pd.DataFrame
                         index=values.index, columns=values.columns, dtype=object)
 
 
+def _best_mask(grid: np.ndarray, higher: bool, axis: int) -> np.ndarray:
+    """True where a value is the best non-NaN value along axis (all of them on ties)."""
+    worst = -np.inf if higher else np.inf
+    present = ~np.isnan(grid)
+    reduce = np.max if higher else np.min
+    best = reduce(np.where(present, grid, worst), axis=axis, keepdims=True, initial=worst)  # initial: empty axes
+    return present & (grid == best)
+
+
 def _top(series: pd.Series, higher: bool) -> list[str]:
-    """Labels holding the best finite value of series (all of them on ties)."""
-    finite = series.dropna()
-    if finite.empty:
-        return []
-    best = finite.max() if higher else finite.min()
-    return list(finite.index[finite == best])
+    """Labels holding the best value of series, NaN aside (all of them on ties)."""
+    return list(series.index[_best_mask(series.to_numpy(dtype=float), higher, axis=0)])
 
 
 def _row_best(values: pd.DataFrame, higher: bool) -> pd.DataFrame:
-    """True where a value is the best finite value of its row (all of them on ties)."""
-    grid = values.to_numpy(dtype=float)
-    finite = np.isfinite(grid)
-    filled = np.where(finite, grid, -np.inf if higher else np.inf)
-    best = filled.max(axis=1, keepdims=True) if higher else filled.min(axis=1, keepdims=True)
-    return pd.DataFrame(finite & (grid == best), index=values.index, columns=values.columns)
+    """True where a value is the best of its row, NaN aside (all of them on ties)."""
+    return pd.DataFrame(_best_mask(values.to_numpy(dtype=float), higher, axis=1), index=values.index,
+                        columns=values.columns)
 
 
 def _column_not_worse(values: pd.DataFrame, evidence: pd.DataFrame, measured: list[str], higher: bool,
@@ -273,14 +275,10 @@ def _column_not_worse(values: pd.DataFrame, evidence: pd.DataFrame, measured: li
     """† marks: per column, the best measured entry and those a paired bootstrap cannot tell worse."""
     marks = np.zeros(values.shape, dtype=bool)
     rows = [values.index.get_loc(label) for label in measured]
-    grid, found = values.to_numpy(dtype=float), evidence.to_numpy(dtype=object)
+    found = evidence.to_numpy(dtype=object)
+    tops = _best_mask(values.to_numpy(dtype=float)[rows], higher, axis=0)
     for j in range(values.shape[1]):
-        column = grid[rows, j]
-        finite = np.isfinite(column)
-        if not finite.any():
-            continue
-        best_value = column[finite].max() if higher else column[finite].min()
-        top = [i for i, value in zip(rows, column) if value == best_value]
+        top = [i for i, is_top in zip(rows, tops[:, j]) if is_top]
         marks[top, j] = True
         best = next((found[i, j] for i in top if isinstance(found[i, j], EVIDENCE)), None)
         if best is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
 import os
@@ -9,6 +11,7 @@ import re
 import tempfile
 import uuid
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from benchmark.errors import SslBenchError
 SCHEMA_VERSION = 1
 ARRAY_KEY = "$array"  # marks a reference to an array in the record's side file
 RUN_MEMBER = "_run"  # the side file's member holding the run id its record names
+LOCK_NAME = ".lock"  # in each checkpoint folder: writers hold an flock on it, one at a time
 REQUIRED_KEYS = ("schema_version", "checkpoint", "protocol", "config", "dataset", "metrics",
                  "seed", "versions", "device", "timings")
 
@@ -76,44 +80,83 @@ class ResultStore:
     its own file. Every numpy array in a record (per-image scores, bootstrap
     statistics) goes to <stem>.<run id>.npz beside it and is replaced in the JSON
     by {"$array": name, "shape", "dtype"}; the record names the file and the run
-    id under "arrays". The side file is written before the JSON, and an older
-    run's side file is removed only after, so a reader never sees a record
-    without its arrays.
+    id under "arrays". Writers of one checkpoint folder take turns on an flock of
+    its .lock file, held from the choice of the path to the cleanup, so parallel
+    runs neither take each other's path nor remove each other's side files: the
+    side file is written before the JSON, and afterwards only side files of that
+    stem which no record in the folder names are removed. A folder belongs to the
+    weights (sha256) of its first record: other weights under the same name are
+    refused.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
+    def folder(self, checkpoint_name: str) -> Path:
+        """RESULTS/<checkpoint>: where the records of one checkpoint name go."""
+        return self.root / safe_name(checkpoint_name)
+
     def path_for(self, checkpoint_name: str, protocol: str, config_digest: str) -> Path:
-        folder = self.root / safe_name(checkpoint_name)
+        folder = self.folder(checkpoint_name)
         plain = folder / f"{safe_name(protocol)}.json"
-        if not plain.exists() or _config_digest_of(plain) == config_digest:
+        if not plain.exists() or _stored(plain, "config_digest") == config_digest:
             return plain
         return folder / f"{safe_name(protocol)}-{config_digest}.json"
+
+    def claim(self, checkpoint_name: str, checkpoint_sha256: str) -> None:
+        """Refuse, before any compute, weights other than those already recorded under this checkpoint name."""
+        folder = self.folder(checkpoint_name)
+        for path in sorted(folder.glob("*.json")):
+            other = _stored(path, "checkpoint", "sha256")
+            if isinstance(other, str) and other != checkpoint_sha256:
+                raise SslBenchError(
+                    f"results folder {folder} already holds results of other weights named '{checkpoint_name}' "
+                    f"(sha256 {other[:12]} in {path.name}, this checkpoint's is {checkpoint_sha256[:12]}); "
+                    "pass --name NAME to keep them apart")
 
     def write(self, record: dict[str, Any]) -> Path:
         missing = [k for k in REQUIRED_KEYS if k not in record]
         if missing:
             raise ValueError(f"result record lacks keys {missing}")
-        path = self.path_for(record["checkpoint"]["name"], record["protocol"]["name"],
-                             record["config_digest"])
+        checkpoint = record["checkpoint"]
         document, arrays = split_arrays(record)
-        side = None
-        if arrays:
-            run = uuid.uuid4().hex[:12]
-            buffer = io.BytesIO()
-            np.savez(buffer, **{RUN_MEMBER: np.array(run)}, **arrays)
-            side = atomic_write_bytes(path.with_name(f"{path.stem}.{run}.npz"), buffer.getvalue())
-            document["arrays"] = {"file": side.name, "run": run}
-        atomic_write_text(path, json.dumps(document, indent=2, sort_keys=True) + "\n")
-        for old in path.parent.glob("*.npz"):
-            if old != side and re.fullmatch(rf"{re.escape(path.stem)}\.[0-9a-f]{{12}}\.npz", old.name):
-                old.unlink(missing_ok=True)
+        with folder_lock(self.folder(checkpoint["name"])):
+            self.claim(checkpoint["name"], checkpoint["sha256"])
+            path = self.path_for(checkpoint["name"], record["protocol"]["name"], record["config_digest"])
+            if arrays:
+                run = uuid.uuid4().hex[:12]
+                buffer = io.BytesIO()
+                np.savez(buffer, **{RUN_MEMBER: np.array(run)}, **arrays)
+                side = atomic_write_bytes(path.with_name(f"{path.stem}.{run}.npz"), buffer.getvalue())
+                document["arrays"] = {"file": side.name, "run": run}
+            atomic_write_text(path, json.dumps(document, indent=2, sort_keys=True) + "\n")
+            _remove_unnamed_side_files(path)
         return path
 
     def partial_state(self, checkpoint_name: str, protocol: str, config_digest: str) -> PartialState:
-        folder = self.root / safe_name(checkpoint_name) / ".partial"
+        folder = self.folder(checkpoint_name) / ".partial"
         return PartialState(folder / f"{safe_name(protocol)}-{config_digest}.json")
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive flock on folder/.lock (created if needed) for the duration of the block."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _remove_unnamed_side_files(path: Path) -> None:
+    """Delete the <stem>.<run id>.npz files of path's stem that no record in its folder names."""
+    named = {_stored(other, "arrays", "file") for other in path.parent.glob("*.json")}
+    pattern = re.compile(rf"{re.escape(path.stem)}\.[0-9a-f]{{12}}\.npz")
+    for side in path.parent.glob("*.npz"):
+        if side.name not in named and pattern.fullmatch(side.name):
+            side.unlink(missing_ok=True)
 
 
 def split_arrays(record: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -174,11 +217,15 @@ class RecordArrays:
                              f"{self.record_path} {problem}; rerun the protocol to rewrite both")
 
 
-def _config_digest_of(path: Path) -> str | None:
+def _stored(path: Path, *keys: str) -> Any:
+    """record[keys[0]][keys[1]]... of the JSON record at path; None when unreadable or absent."""
     try:
-        return json.loads(path.read_text()).get("config_digest")
+        value = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
 
 
 class PartialState:

@@ -109,6 +109,7 @@ def run(options: RunOptions, progress_factory: Callable[..., Any] | None = None,
     checkpoint = load_checkpoint(options.checkpoint, arch=options.arch, allow_partial=options.allow_partial,
                                  fmt=options.checkpoint_format, seed=options.seed)
     checkpoint_name = options.name or checkpoint.name
+    store.claim(checkpoint_name, checkpoint.sha256)
     backbone = checkpoint.backbone.to(device).eval()
     taps = backbone.check_taps(options.taps or protocol_cls.default_taps or backbone.default_taps)
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from benchmark.errors import SslBenchError
+from benchmark.filehash import sha256_file
 from benchmark.registry import ARCHS, Registry
 from checkpoints.models import Backbone, build_seeded
 
@@ -216,14 +217,6 @@ FORMATS.register("timm", FORMATS.get("torchvision"))
 
 
 # ---------------------------------------------------------------------------------------------- reading files
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _is_safetensors(head: bytes, size: int) -> bool:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from benchmark.bootstrap import precompute
-from benchmark.results import ResultStore
+from benchmark.results import SCHEMA_VERSION, ResultStore
 from reports.report import FORMATS, build_report
 
 BUDGET_SECONDS = 10.0
@@ -34,6 +34,7 @@ TAPS = ("conv1", "res2", "res3", "res4", "res5", "res5avg")
 DEPTH = np.array([0.35, 0.55, 0.7, 0.85, 1.0, 0.97])  # how good each tap is, relative to the best
 VOC_CLASSES = 20
 LOWSHOT_KS = (1, 2, 4, 8, 16, 32, 64, 96)
+PRIMARY = {"knn": "top1_k20", "voc07_svm": "mAP", "lowshot": "mAP_k96_mean"}
 VARIANTS = ([("knn", {"ks": [10, 20, 100, 200], "temperature": t, "normalize": n})
              for t, n in ((0.07, True), (0.1, True), (0.07, False), (0.1, False))]
             + [("voc07_svm", {"costs": c, "folds": 3, "train_difficult": d})
@@ -46,11 +47,11 @@ def base_record(name: str, protocol: str, config: dict[str, Any], variant: int, 
                 n_test: int) -> dict[str, Any]:
     """Everything a runner record has, with made-up provenance."""
     return {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "checkpoint": {"name": name, "spec": f"/ckpts/{name}.pth", "path": f"/ckpts/{name}.pth",
                        "sha256": hashlib.sha256(name.encode()).hexdigest(), "format": "torchvision", "arch": "resnet50"},
-        "protocol": {"name": protocol, "version": "1", "primary_metric": {
-            "knn": "top1_k20", "voc07_svm": "mAP", "lowshot": "mAP_k96_mean"}[protocol]},
+        "protocol": {"name": protocol, "version": "1", "primary_metric": PRIMARY[protocol],
+                     "metrics": declared_metrics(protocol, config)},
         "config": config, "config_digest": f"{variant:012x}",
         "dataset": {"name": dataset, "digest": f"{dataset}-digest", "splits": {"test": n_test}, "limit": None,
                     "root": f"/data/{dataset}"},
@@ -62,6 +63,15 @@ def base_record(name: str, protocol: str, config: dict[str, Any], variant: int, 
         "timings": {"load_s": 1.0, "extract_s": 100.0, "protocol_s": 10.0, "total_s": 111.0},
         "created": "2026-01-01T00:00:00+00:00", "resumed_pieces": 0,
     }
+
+
+def declared_metrics(protocol: str, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """protocol.metrics as the runner writes it: every metric the made-up protocol reports, spreads undirected."""
+    names = {"knn": [f"top{n}_k{k}" for k in config.get("ks", ()) for n in (1, 5)],
+             "voc07_svm": ["mAP", "mAP_11pt"],
+             "lowshot": [f"mAP_k{k}_{stat}" for k in config.get("ks", ()) for stat in ("mean", "std", "min", "max")]}
+    return [{"name": name, "higher_is_better": None if name.endswith("_std") else True,
+             "primary": name == PRIMARY[protocol]} for name in names[protocol]]
 
 
 def knn_record(rng: np.random.Generator, record: dict[str, Any], quality: float, labels: np.ndarray

@@ -20,6 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from benchmark.record import WHOLE_NETWORK
 from reports.records import RecordSet
 from reports.references import BEST, references_for
 
@@ -104,9 +105,12 @@ def lowshot_curves(records: RecordSet, references: bool = False,
 
 def tap_profiles(records: RecordSet, references: bool = False,
                  formats: Sequence[str] = ("png",)) -> list[Plot]:
-    """Per protocol variant: its primary metric vs tap, one line per checkpoint; published rows dashed."""
+    """Per protocol variant: its primary metric vs tap, one line per checkpoint; published rows dashed.
+
+    Results of the whole network (key `network`) have no tap to place, so a variant with only those gets no plot.
+    """
     frame = records.frame
-    primary = frame[frame["primary"]]
+    primary = frame[frame["primary"] & (frame["tap"] != WHOLE_NETWORK)]
     plots = []
     for variant, rows in primary.groupby("variant", sort=True):
         protocol = str(rows["protocol"].iloc[0])
@@ -169,7 +173,7 @@ def _tap_references(protocol: str, metric: str, dataset: str) -> list[tuple[str,
 
 
 def _taps(record: dict) -> list[str]:
-    return list(record.get("taps") or record["metrics"])
+    return [tap for tap in record.get("taps") or record["metrics"] if tap != WHOLE_NETWORK]
 
 
 def _lines(rows: pd.DataFrame) -> list[tuple[str, str]]:

@@ -13,16 +13,22 @@ land in separate columns and are never averaged together:
   (``knn[3f2a9c01]``).
 
 Taps are not part of the variant: two records of one checkpoint and variant
-with different taps fill different columns of one row. When two records give
-the same (checkpoint, variant, tap, metric), the newer (by ``created``) wins
-and a warning names both files.
+with different taps fill different columns of one row (a protocol that trains
+the whole network reports under the key ``network`` instead of a tap). When
+two records give the same (checkpoint, variant, tap, metric), the newer (by
+``created``) wins and a warning names both files.
+
+Whether a higher value is better comes from the record's declaration
+(protocol.metrics: true, false, or null for a spread that is no score);
+records of schema 1 declare nothing, so their names decide
+(benchmark.record.legacy_direction).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -31,10 +37,11 @@ import pandas as pd
 
 from benchmark.config import config_digest
 from benchmark.errors import SslBenchError
+from benchmark.record import legacy_direction, metric_directions, validate_record
 
-SUPPORTED_SCHEMA = 1
 COLUMNS = ("checkpoint", "protocol", "variant", "config_digest", "dataset", "dataset_digest",
-           "tap", "metric", "value", "primary", "path")
+           "tap", "metric", "value", "primary", "higher_is_better", "path")
+ARTIFACTS_SUFFIX = ".artifacts"  # a run's own folder beside its record (logs, predictions): never records
 MAX_LABEL = 48  # longer variant labels fall back to a digest of the settings
 
 
@@ -42,18 +49,21 @@ MAX_LABEL = 48  # longer variant labels fall back to a digest of the settings
 class RecordSet:
     """Parsed records and their tidy frame.
 
-    frame: one row per (record, tap, metric) with the columns in COLUMNS.
+    frame: one row per (record, tap, metric) with the columns in COLUMNS;
+      higher_is_better (object dtype) is True, False or None (a spread: never ranked).
     records: path -> parsed record (only the records that passed validation).
     variants: variant label -> the settings that define it (protocol, version,
       config, dataset, dataset_digest, primary_metric). The run seed is not a setting:
       it only seeds random:ARCH weights, which the checkpoint's own identity covers.
     skipped: path -> why that file was skipped.
+    directions: (variant, metric) -> higher_is_better as the newest record of the variant declares it.
     """
 
     frame: pd.DataFrame
     records: dict[str, dict[str, Any]]
     variants: dict[str, dict[str, Any]]
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+    directions: dict[tuple[str, str], bool | None] = dataclasses.field(default_factory=dict)
 
     @property
     def checkpoints(self) -> list[str]:
@@ -65,10 +75,20 @@ class RecordSet:
         rows = self.frame[(self.frame["checkpoint"] == checkpoint) & (self.frame["variant"] == variant)]
         return sorted(rows["path"].unique(), key=lambda p: _created(self.records[p], p))
 
+    def direction(self, variant: str, metric: str) -> bool | None:
+        """higher_is_better of metric in variant, as its newest record declares it (None: not a score)."""
+        key = (variant, metric)
+        return self.directions[key] if key in self.directions else legacy_direction(metric)
+
+
+def as_direction(value: Any) -> bool | None:
+    """A frame cell of higher_is_better as True, False or None (numpy booleans and NaN included)."""
+    return None if value is None or value != value else bool(value)
+
 
 def load_records(dirs: str | Path | Iterable[str | Path], strict: bool = False,
                  warn: Callable[[str], None] | None = None) -> RecordSet:
-    """Read every result record (*.json, hidden folders such as .partial left out) under dirs.
+    """Read every result record (*.json) under dirs, leaving out hidden folders (.partial) and *.artifacts folders.
 
     A malformed record or one of another schema version is skipped with a
     warning naming the file, or raises SslBenchError when strict.
@@ -82,9 +102,7 @@ def load_records(dirs: str | Path | Iterable[str | Path], strict: bool = False,
     for root in roots:
         if not root.is_dir():
             raise SslBenchError(f"results directory {root} does not exist; pass --results DIR")
-        for path in sorted(root.rglob("*.json")):
-            if any(part.startswith(".") for part in path.relative_to(root).parts):
-                continue
+        for path in _record_files(root):
             key = str(path)
             if key in records or key in skipped:
                 continue
@@ -100,11 +118,25 @@ def load_records(dirs: str | Path | Iterable[str | Path], strict: bool = False,
         where = ", ".join(str(r) for r in roots)
         raise SslBenchError(f"no result records under {where}; run `ssl-bench run` first")
     labels, variants = record_variant_labels(records)
-    return RecordSet(_frame(records, labels, warn), records, variants, skipped)
+    frame, directions = _frame(records, labels, warn)
+    return RecordSet(frame, records, variants, skipped, directions)
+
+
+def _record_files(root: Path) -> list[Path]:
+    """The *.json files under root, not descending into hidden or *.artifacts folders, in sorted order."""
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [name for name in subfolders if not _skipped(name)]
+        found += [Path(folder, name) for name in files if name.endswith(".json") and not name.startswith(".")]
+    return sorted(found)
+
+
+def _skipped(folder: str) -> bool:
+    return folder.startswith(".") or folder.endswith(ARTIFACTS_SUFFIX)
 
 
 def _read(path: Path) -> tuple[dict[str, Any], None] | tuple[None, str]:
-    """(record, None) when the file is a valid record of the supported schema, else (None, why not)."""
+    """(record, None) when the file is a valid record of a readable schema, else (None, why not)."""
     try:
         record = json.loads(path.read_text())
     except OSError as exc:
@@ -113,41 +145,6 @@ def _read(path: Path) -> tuple[dict[str, Any], None] | tuple[None, str]:
         return None, f"is not valid JSON ({exc})"
     problem = validate_record(record)
     return (record, None) if problem is None else (None, problem)
-
-
-def validate_record(record: Any) -> str | None:
-    """None when record has the keys and types reports need, else what is wrong (one phrase)."""
-    if not isinstance(record, dict):
-        return "is not a result record (expected a JSON object)"
-    version = record.get("schema_version")
-    if version is None:
-        return "has no schema_version; it is not an ssl-bench result record"
-    if version != SUPPORTED_SCHEMA:
-        return f"has schema_version {version!r} but this ssl-bench reads version {SUPPORTED_SCHEMA}"
-    nested = {"checkpoint": ("name",), "protocol": ("name", "primary_metric"), "dataset": ("name", "digest")}
-    for key, fields in nested.items():
-        block = record.get(key)
-        if not isinstance(block, dict):
-            return f"lacks the '{key}' object"
-        for field in fields:
-            if not isinstance(block.get(field), str) or not block[field]:
-                return f"lacks the string '{key}.{field}'"
-    if not isinstance(record.get("config"), dict):
-        return "lacks the 'config' object"
-    if not isinstance(record.get("config_digest"), str):
-        return "lacks the string 'config_digest'"
-    metrics = record.get("metrics")
-    if not isinstance(metrics, dict) or not metrics:
-        return "lacks 'metrics' ({tap: {metric: number}})"
-    for tap, values in metrics.items():
-        if not isinstance(values, dict) or not values:
-            return f"has no metrics for tap '{tap}'"
-        for metric, value in values.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                return f"has a non-numeric value {value!r} for metric '{metric}' of tap '{tap}'"
-    if "details" in record and not isinstance(record["details"], (dict, type(None))):
-        return "has 'details' that is not an object"
-    return None
 
 
 def variant_settings(record: dict[str, Any]) -> dict[str, Any]:
@@ -212,25 +209,31 @@ def _created(record: dict[str, Any], path: str) -> tuple[str, str]:
     return str(record.get("created") or ""), path
 
 
-def _frame(records: dict[str, dict[str, Any]], labels: dict[str, str],
-           warn: Callable[[str], None]) -> pd.DataFrame:
-    """The tidy frame; for a (checkpoint, variant, tap, metric) in several records the newest wins."""
+def _frame(records: dict[str, dict[str, Any]], labels: dict[str, str], warn: Callable[[str], None]
+           ) -> tuple[pd.DataFrame, dict[tuple[str, str], bool | None]]:
+    """(the tidy frame, (variant, metric) -> direction); in several records the newest wins for both."""
     rows: dict[tuple[str, str, str, str], tuple[Any, ...]] = {}
+    directions: dict[tuple[str, str], bool | None] = {}
     replaced: dict[tuple[str, str], tuple[str, str]] = {}
     for path in sorted(records, key=lambda p: _created(records[p], p)):
         record = records[path]
         checkpoint, protocol = record["checkpoint"]["name"], record["protocol"]["name"]
         primary = record["protocol"]["primary_metric"]
+        declared = metric_directions(record)
         variant = labels[path]
+        directions.update({(variant, metric): higher for metric, higher in declared.items()})
         for tap, values in record["metrics"].items():
             for metric, value in values.items():
                 key = (checkpoint, variant, tap, metric)
                 if key in rows:
                     replaced[(rows[key][-1], path)] = (checkpoint, variant)
                 rows[key] = (checkpoint, protocol, variant, record["config_digest"], record["dataset"]["name"],
-                             record["dataset"]["digest"], tap, metric, float(value), metric == primary, path)
+                             record["dataset"]["digest"], tap, metric, float(value), metric == primary,
+                             declared[metric], path)
     for (older, newer), (checkpoint, variant) in replaced.items():
         warn(f"{older} and {newer} both hold numbers of '{checkpoint}' ({variant}) for the same taps; "
              f"using the newer {newer} there")
     frame = pd.DataFrame(list(rows.values()), columns=list(COLUMNS))
-    return frame.sort_values(["variant", "checkpoint", "tap", "metric"], kind="stable").reset_index(drop=True)
+    frame["higher_is_better"] = frame["higher_is_better"].astype(object)  # True, False or None, never NaN
+    frame = frame.sort_values(["variant", "checkpoint", "tap", "metric"], kind="stable").reset_index(drop=True)
+    return frame, directions

@@ -7,6 +7,13 @@ digest, and seed. The checkpoint's own digest is not a setting, since new
 weights under the same name are what a gate compares. A multi-sample metric
 (name ending in _mean, beside a _std) gets one entry carrying that std; its
 _std, _min and _max companions are not gated on their own.
+
+Which way is a drop comes from the record: each metric's higher_is_better as
+its protocol declares it (guessed from the name for schema-1 records, see
+benchmark.record.legacy_direction), kept in the baseline entry. A metric
+declared with no direction (a spread, not a score) is never gated and never
+enters a baseline. The key ``network`` (protocols that train the whole
+network) is gated like any tap.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from typing import Any
 
 from benchmark.errors import SslBenchError
 from benchmark.results import atomic_write_text
-from reports.records import RecordSet, load_records
+from reports.records import RecordSet, as_direction, load_records
 
 BASELINE_KIND = "ssl-bench-baseline"
 BASELINE_SCHEMA = 1
@@ -33,7 +40,6 @@ DEFAULT_TOLERANCE = 0.5  # metric points a value may drop before the gate fails
 DEFAULT_K_STD = 2.0  # a multi-sample metric may drop by k x its baseline std when that exceeds the tolerance
 FAILING = ("dropped", "missing", "config_changed")
 COMPANIONS = ("_std", "_min", "_max")  # of a _mean metric
-LOWER_IS_BETTER = re.compile(r"error|loss", re.IGNORECASE)  # e.g. surface normals' angular errors
 EPSILON = 1e-9  # a drop of exactly the allowance passes
 MARKDOWN_ROWS = 30  # passing rows listed one by one up to this many; beyond, counts per checkpoint and protocol
 ENTRY_TYPES: dict[str, tuple[type, ...]] = {
@@ -155,12 +161,18 @@ class Comparison:
 
 
 def entries_of(records: RecordSet) -> list[Entry]:
-    """Every gated (checkpoint, protocol, tap, metric) of the records, with its settings and, when known, std."""
+    """Every gated (checkpoint, protocol, tap, metric) of the records, with its settings and, when known, std.
+
+    Metrics without a direction (spreads) and the companions of a _mean are left out.
+    """
     entries = []
     for row in records.frame.itertuples(index=False):
         record = records.records[row.path]
         tap_metrics = record["metrics"][row.tap]
         metric = str(row.metric)
+        higher = as_direction(row.higher_is_better)
+        if higher is None:
+            continue
         if any(metric.endswith(suffix) and metric[:-len(suffix)] + "_mean" in tap_metrics for suffix in COMPANIONS):
             continue
         std = tap_metrics.get(metric[:-len("_mean")] + "_std") if metric.endswith("_mean") else None
@@ -172,14 +184,9 @@ def entries_of(records: RecordSet) -> list[Entry]:
             config_digest=record.get("config_digest"), config=dict(record.get("config") or {}),
             dataset=_optional_str(dataset.get("name")), dataset_digest=_optional_str(dataset.get("digest")),
             seed=record.get("seed"), tap=str(row.tap), metric=metric,
-            higher_is_better=higher_is_better(metric), value=float(row.value),
+            higher_is_better=higher, value=float(row.value),
             std=None if std is None else float(std), path=str(row.path)))
     return entries
-
-
-def higher_is_better(metric: str) -> bool:
-    """False for error and loss metrics (e.g. surface normals' median angular error), else True."""
-    return LOWER_IS_BETTER.search(metric) is None
 
 
 def _optional_str(value: Any) -> str | None:

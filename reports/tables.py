@@ -9,6 +9,12 @@ Layouts, in the manner of Goyal et al. 2019:
 - `summary_table`: rows are checkpoints, one column per variant: the primary
   metric at the checkpoint's best tap, the tap named in the cell.
 
+Which way is better comes from the records (RecordSet.direction: declared
+by the protocol, guessed by name for schema-1 records); a metric declared
+with no direction (a spread) gets no bold and no † at all. Taps run conv1 ..
+res5avg, then ``network`` (protocols that train the whole network), then any
+other name.
+
 Marks, explained in every caption:
 
 - bold: in a protocol table the best tap of each row; in the summary the best
@@ -40,7 +46,8 @@ import numpy as np
 import pandas as pd
 
 from benchmark.bootstrap import ALPHA, EVIDENCE, N_BOOT, SEED, Bootstrap, aligned
-from reports.records import RecordSet
+from benchmark.record import WHOLE_NETWORK
+from reports.records import RecordSet, as_direction
 from reports.references import BEST, ReferenceRow, references_for
 from reports.uncertainty import Uncertainty
 
@@ -60,6 +67,7 @@ class Table:
       for the whole table; cell_notes: text after a number (the best tap in the
       summary) or None for the whole table.
     reference_rows: row labels of published rows; sources: their citations.
+    higher_is_better: the metric's direction; None: not a score, nothing marked.
     """
 
     title: str
@@ -74,19 +82,14 @@ class Table:
     cell_notes: pd.DataFrame | None = None
     reference_rows: set[str] = dataclasses.field(default_factory=set)
     sources: dict[str, str] = dataclasses.field(default_factory=dict)
-    higher_is_better: bool = True
+    higher_is_better: bool | None = True
     digits: int = 2
 
 
-def higher_is_better(metric: str) -> bool:
-    """False for errors and losses (surface normals' median_error), True for accuracies and APs."""
-    return not any(word in metric.lower() for word in ("error", "loss"))
-
-
 def tap_order(columns: list[str]) -> list[str]:
-    """Taps in network order (conv1 .. res5avg), any other column after them in sorted order."""
-    known = [t for t in TAP_ORDER if t in columns]
-    return known + sorted(c for c in columns if c not in TAP_ORDER)
+    """Taps in network order (conv1 .. res5avg), then the whole network, then any other column in sorted order."""
+    order = (*TAP_ORDER, WHOLE_NETWORK)
+    return [t for t in order if t in columns] + sorted(c for c in columns if c not in order)
 
 
 def protocol_tables(records: RecordSet, references: bool = False, n_boot: int = N_BOOT, seed: int = SEED,
@@ -138,14 +141,14 @@ def _protocol_table(records: RecordSet, cache: Uncertainty, rows: pd.DataFrame, 
     paths = paths.reindex(index=index, columns=columns).to_numpy(dtype=object)
     evidence = _grid(values, lambda i, j: cache.evidence(paths[i, j], columns[j], metric))
     intervals = _grid(values, lambda i, j: cache.interval(paths[i, j], columns[j], metric))
-    higher = higher_is_better(metric)
+    higher = records.direction(variant, metric)
     bold = _row_best(values, higher)
     measured = [r for r in index if r not in ref_rows]
     not_worse = _column_not_worse(values, evidence, measured, higher, cache.bootstrap)
     shown = [ref for ref in refs if _ref_label(ref, chosen["checkpoint"].unique()) in ref_rows]
     caption = " ".join(filter(None, [
         _settings_text(settings, metric),
-        "Bold: best tap of each row.",
+        _bold_text("tap of each row", {metric: higher}),
         _marks_text(intervals, cache, spread is not None),
         _sources_text(shown, chosen["checkpoint"].unique())]))
     return Table(title=f"{variant}: {metric}", caption=caption, values=values, bold=bold, not_worse=not_worse,
@@ -185,7 +188,7 @@ def summary_table(records: RecordSet, references: bool = False, n_boot: int = N_
         metric = settings["primary_metric"]
         for ref in _references(references, settings, metric):
             label = _ref_label(ref, checkpoints)
-            ref_cells.setdefault(label, {})[variant] = _best_reference_value(ref, higher_is_better(metric))
+            ref_cells.setdefault(label, {})[variant] = _best_reference_value(ref, records.direction(variant, metric))
             shown[label] = ref
     index = checkpoints + list(ref_cells)
     values, spread, notes = values.reindex(index), spread.reindex(index), notes.reindex(index).fillna("")
@@ -194,7 +197,7 @@ def summary_table(records: RecordSet, references: bool = False, n_boot: int = N_
         for variant, (value, column) in cells.items():
             values.loc[label, variant] = value
             notes.loc[label, variant] = column
-    higher = {v: higher_is_better(records.variants[v]["primary_metric"]) for v in variants}
+    higher = {v: records.direction(v, records.variants[v]["primary_metric"]) for v in variants}
     bold = pd.DataFrame(False, index=index, columns=variants)
     not_worse = pd.DataFrame(False, index=index, columns=variants)
     for variant in variants:
@@ -206,7 +209,7 @@ def summary_table(records: RecordSet, references: bool = False, n_boot: int = N_
     metrics = "; ".join(f"{v}: {records.variants[v]['primary_metric']}" for v in variants)
     caption = " ".join(filter(None, [
         f"Primary metric of each protocol variant at each checkpoint's best tap (named in the cell): {metrics}.",
-        "Bold: best checkpoint of each column.",
+        _bold_text("checkpoint of each column", higher),
         _marks_text(intervals, cache, bool(spread.notna().to_numpy().any())),
         _sources_text(list(shown.values()), checkpoints)]))
     return Table(title="Summary: best tap per protocol", caption=caption, values=values.astype(float), bold=bold,
@@ -216,10 +219,13 @@ def summary_table(records: RecordSet, references: bool = False, n_boot: int = N_
 
 
 def _best_taps(records: RecordSet) -> pd.DataFrame:
-    """One frame row per (checkpoint, variant): the primary metric at its best tap (first in tap order on ties)."""
+    """One frame row per (checkpoint, variant): the primary metric at its best tap (first in tap order on ties).
+
+    A primary metric with no direction cannot be ranked: its first tap in tap order stands for the row.
+    """
     frame = records.frame[records.frame["primary"]]
     rank = {tap: i for i, tap in enumerate(tap_order(list(frame["tap"].unique())))}
-    sign = frame["metric"].map(lambda m: 1.0 if higher_is_better(m) else -1.0)
+    sign = frame["higher_is_better"].map(lambda h: {True: 1.0, False: -1.0}.get(as_direction(h), 0.0))
     ordered = frame.assign(_key=-sign * frame["value"], _rank=frame["tap"].map(rank))
     ordered = ordered.sort_values(["_key", "_rank"], kind="stable")
     return ordered.drop_duplicates(["checkpoint", "variant"]).drop(columns=["_key", "_rank"])
@@ -238,9 +244,9 @@ def _ref_label(ref: ReferenceRow, checkpoints: Any) -> str:
     return f"{ref.checkpoint} [published]" if ref.checkpoint in set(checkpoints) else ref.checkpoint
 
 
-def _best_reference_value(ref: ReferenceRow, higher: bool) -> tuple[float, str]:
-    """(value, column shown beside it; '' for BEST) of a published row's best entry."""
-    column = (max if higher else min)(ref.values, key=ref.values.__getitem__)
+def _best_reference_value(ref: ReferenceRow, higher: bool | None) -> tuple[float, str]:
+    """(value, column shown beside it; '' for BEST) of a published row's best entry (the highest when undirected)."""
+    column = (min if higher is False else max)(ref.values, key=ref.values.__getitem__)
     return ref.values[column], "" if column == BEST else column
 
 
@@ -250,8 +256,10 @@ def _grid(values: pd.DataFrame, cell: Callable[[int, int], Any]) -> pd.DataFrame
                         index=values.index, columns=values.columns, dtype=object)
 
 
-def _best_mask(grid: np.ndarray, higher: bool, axis: int) -> np.ndarray:
-    """True where a value is the best non-NaN value along axis (all of them on ties)."""
+def _best_mask(grid: np.ndarray, higher: bool | None, axis: int) -> np.ndarray:
+    """True where a value is the best non-NaN value along axis (all of them on ties); nowhere when undirected."""
+    if higher is None:
+        return np.zeros(grid.shape, dtype=bool)
     worst = -np.inf if higher else np.inf
     present = ~np.isnan(grid)
     reduce = np.max if higher else np.min
@@ -259,20 +267,20 @@ def _best_mask(grid: np.ndarray, higher: bool, axis: int) -> np.ndarray:
     return present & (grid == best)
 
 
-def _top(series: pd.Series, higher: bool) -> list[str]:
+def _top(series: pd.Series, higher: bool | None) -> list[str]:
     """Labels holding the best value of series, NaN aside (all of them on ties)."""
     return list(series.index[_best_mask(series.to_numpy(dtype=float), higher, axis=0)])
 
 
-def _row_best(values: pd.DataFrame, higher: bool) -> pd.DataFrame:
+def _row_best(values: pd.DataFrame, higher: bool | None) -> pd.DataFrame:
     """True where a value is the best of its row, NaN aside (all of them on ties)."""
     return pd.DataFrame(_best_mask(values.to_numpy(dtype=float), higher, axis=1), index=values.index,
                         columns=values.columns)
 
 
-def _column_not_worse(values: pd.DataFrame, evidence: pd.DataFrame, measured: list[str], higher: bool,
+def _column_not_worse(values: pd.DataFrame, evidence: pd.DataFrame, measured: list[str], higher: bool | None,
                       bootstrap: Bootstrap) -> pd.DataFrame:
-    """† marks: per column, the best measured entry and those a paired bootstrap cannot tell worse."""
+    """† marks: per column, the best measured entry and those a paired bootstrap cannot tell worse (if directed)."""
     marks = np.zeros(values.shape, dtype=bool)
     rows = [values.index.get_loc(label) for label in measured]
     found = evidence.to_numpy(dtype=object)
@@ -290,6 +298,16 @@ def _column_not_worse(values: pd.DataFrame, evidence: pd.DataFrame, measured: li
             p = bootstrap.pvalue(best, other) if higher else bootstrap.pvalue(other, best)
             marks[i, j] = p > ALPHA
     return pd.DataFrame(marks, index=values.index, columns=values.columns)
+
+
+def _bold_text(what: str, directions: dict[str, bool | None]) -> str:
+    """'Bold: best <what>.', then which of the named metrics or columns are lower-is-better or left unmarked."""
+    lower = [name for name, higher in directions.items() if higher is False]
+    unmarked = [name for name, higher in directions.items() if higher is None]
+    return " ".join(filter(None, [
+        f"Bold: best {what}.",
+        f"Lower is better for {', '.join(lower)}." if lower else "",
+        f"No marks for {', '.join(unmarked)}: a spread, not a score." if unmarked else ""]))
 
 
 def _settings_text(settings: dict[str, Any], metric: str) -> str:

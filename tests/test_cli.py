@@ -245,3 +245,54 @@ def test_inspect_reports_format_arch_and_keys(capsys, resnet18_cifar_file):
 def test_make_data_unknown_kind(capsys, tmp_path):
     code, _, err = run_cli(capsys, "make-data", "vocc", "--out", str(tmp_path))
     assert_user_error(code, err, "vocc", "voc")
+
+
+def files_under(root: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def test_other_weights_under_a_taken_file_name_are_refused_before_any_compute(capsys, tmp_path, folder_root,
+                                                                              resnet18_cifar_file, monkeypatch):
+    import shutil
+
+    import benchmark.features
+    from checkpoints.formats import load_checkpoint
+    from checkpoints.models import build_seeded
+
+    first, second = tmp_path / "run1" / "checkpoint.pth", tmp_path / "run2" / "checkpoint.pth"
+    first.parent.mkdir()
+    second.parent.mkdir()
+    shutil.copy(resnet18_cifar_file, first)
+    torch.save(build_seeded("resnet18_cifar", 1).state_dict(), second)
+    shas = [load_checkpoint(str(path)).sha256 for path in (first, second)]
+    results = tmp_path / "results"
+    for _ in range(2):  # the same file again is the same checkpoint
+        code, _, err = run_cli(capsys, *knn_args(str(first), folder_root, results, "--taps", "res5avg"))
+        assert code == 0, err
+    before = files_under(results)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("features were extracted before the checkpoint name was checked")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(benchmark.features.FeatureExtractor, "extract", forbidden)
+        code, _, err = run_cli(capsys, *knn_args(str(second), folder_root, results, "--taps", "res5avg"))
+    assert_user_error(code, err, f"results folder {results / 'checkpoint'} ", shas[0][:12], shas[1][:12],
+                      "pass --name NAME")
+    assert files_under(results) == before
+
+    code, _, err = run_cli(capsys, *knn_args(str(second), folder_root, results, "--taps", "res5avg",
+                                             "--name", "checkpoint-run2"))
+    assert code == 0, err
+    for name, sha in zip(("checkpoint", "checkpoint-run2"), shas):
+        assert [json.loads(p.read_text())["checkpoint"]["sha256"] for p in (results / name).glob("*.json")] == [sha]
+
+
+def test_random_weights_rerun_with_their_seed_and_are_refused_with_another(capsys, tmp_path, folder_root):
+    results = tmp_path / "results"
+    for _ in range(2):
+        code, _, err = run_cli(capsys, *knn_args("random:resnet18_cifar", folder_root, results, "--taps", "res5avg"))
+        assert code == 0, err
+    code, _, err = run_cli(capsys, *knn_args("random:resnet18_cifar", folder_root, results, "--taps", "res5avg",
+                                             "--seed", "1"))
+    assert_user_error(code, err, str(results / "random-resnet18_cifar"), "pass --name NAME")

@@ -16,8 +16,13 @@ from reports.records import COLUMNS, load_records
 def write_record(root: Path, checkpoint: str, protocol: str, metrics: dict[str, dict[str, float]],
                  primary: str, config: dict[str, Any] | None = None, file: str | None = None,
                  details: dict[str, Any] | None = None, created: str = "2024-01-01T00:00:00+00:00",
-                 dataset: str = "voc2007", dataset_digest: str = "d" * 64, seed: int = 0) -> Path:
-    """A record with the runner's keys at RESULTS/<checkpoint>/<file or protocol>.json."""
+                 dataset: str = "voc2007", dataset_digest: str = "d" * 64, seed: int = 0,
+                 declared: dict[str, bool | None] | None = None) -> Path:
+    """A record with the runner's keys at RESULTS/<checkpoint>/<file or protocol>.json.
+
+    Without `declared` it is a schema-1 record (directions guessed from the names); with it ({metric:
+    higher_is_better}), a schema-2 record declaring those metrics. Metrics under "network" get no taps.
+    """
     record = {
         "schema_version": 1,
         "checkpoint": {"name": checkpoint, "spec": f"{checkpoint}.pth", "sha256": "0" * 64, "arch": "resnet18"},
@@ -25,7 +30,7 @@ def write_record(root: Path, checkpoint: str, protocol: str, metrics: dict[str, 
         "config": config or {},
         "config_digest": config_digest({"checkpoint": checkpoint, "config": config, "seed": seed}),
         "dataset": {"name": dataset, "digest": dataset_digest, "splits": {}, "limit": None, "root": None},
-        "taps": list(metrics),
+        "taps": [tap for tap in metrics if tap != "network"],
         "preprocessing": {},
         "metrics": metrics,
         "details": details or {},
@@ -36,6 +41,10 @@ def write_record(root: Path, checkpoint: str, protocol: str, metrics: dict[str, 
         "created": created,
         "resumed_pieces": 0,
     }
+    if declared is not None:
+        record["schema_version"] = 2
+        record["protocol"]["metrics"] = [{"name": name, "higher_is_better": higher, "primary": name == primary}
+                                         for name, higher in declared.items()]
     path = root / checkpoint / (file or f"{protocol}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record))
@@ -97,12 +106,47 @@ def test_wrong_types_and_missing_metrics_are_malformed(tmp_path):
 def test_other_schema_version_is_skipped_or_fatal_under_strict(tmp_path):
     voc(tmp_path, "good", 50.0, 60.0)
     path = voc(tmp_path, "future", 50.0, 60.0)
-    path.write_text(path.read_text().replace('"schema_version": 1', '"schema_version": 2'))
+    path.write_text(path.read_text().replace('"schema_version": 1', '"schema_version": 3'))
     warnings: list[str] = []
     assert set(load_records(tmp_path, warn=warnings.append).frame["checkpoint"]) == {"good"}
-    assert "schema_version 2" in warnings[0] and "future" in warnings[0]
-    with pytest.raises(SslBenchError, match="schema_version 2"):
+    assert "schema_version 3" in warnings[0] and "reads versions 1, 2" in warnings[0] and "future" in warnings[0]
+    with pytest.raises(SslBenchError, match="schema_version 3"):
         load_records(tmp_path, strict=True)
+
+
+def test_directions_come_from_the_declaration_and_from_the_name_for_schema_1(tmp_path):
+    write_record(tmp_path, "new", "normals", {"network": {"median": 14.0, "score_std": 1.0, "loss": 0.5}}, "median",
+                 dataset="nyuv2", declared={"median": False, "score_std": None, "loss": True})
+    write_record(tmp_path, "old", "lowshot", {"res5": {"mAP_k4_mean": 50.0, "mAP_k4_std": 1.0,
+                                                       "median_error": 9.0}}, "mAP_k4_mean")
+    records = load_records(tmp_path)
+    directions = {(r.checkpoint, r.metric): r.higher_is_better for r in records.frame.itertuples()}
+    assert directions == {("new", "median"): False, ("new", "score_std"): None, ("new", "loss"): True,
+                          ("old", "mAP_k4_mean"): True, ("old", "mAP_k4_std"): None, ("old", "median_error"): False}
+    assert records.frame["higher_is_better"].dtype == object
+    assert records.direction("normals", "median") is False and records.direction("normals", "score_std") is None
+    assert records.frame.loc[records.frame["checkpoint"] == "new", "tap"].unique().tolist() == ["network"]
+
+
+def test_the_newest_record_of_a_variant_declares_its_directions(tmp_path):
+    write_record(tmp_path, "a", "normals", {"res5": {"median": 14.0}}, "median", declared={"median": True})
+    write_record(tmp_path, "b", "normals", {"res5": {"median": 12.0}}, "median", declared={"median": False},
+                 created="2024-03-01T00:00:00+00:00")
+    assert load_records(tmp_path).direction("normals", "median") is False
+
+
+@pytest.mark.parametrize("declared, primary, reason", [
+    ({"top1": True}, "top1", "reports metrics ['top5'] of tap 'network' that protocol.metrics does not declare"),
+    ({"top1": True, "top5": True}, "top5x", "declares the primary metrics [] in protocol.metrics"),
+    ({"top1": "yes", "top5": True}, "top1", "without higher_is_better true, false or null"),
+    ({"top1": None, "top5": True}, "top1", "declares the primary metric 'top1' with no direction"),
+])
+def test_records_that_contradict_their_declaration_are_malformed(tmp_path, declared, primary, reason):
+    voc(tmp_path, "good", 50.0, 60.0)
+    write_record(tmp_path, "bad", "finetune", {"network": {"top1": 70.0, "top5": 90.0}}, primary, declared=declared)
+    warnings: list[str] = []
+    assert set(load_records(tmp_path, warn=warnings.append).frame["checkpoint"]) == {"good"}
+    assert len(warnings) == 1 and reason in warnings[0] and "bad" in warnings[0]
 
 
 def test_empty_or_missing_directory_is_a_user_error(tmp_path):
@@ -124,6 +168,18 @@ def test_partial_state_and_hidden_files_are_not_records(tmp_path):
     warnings: list[str] = []
     records = load_records(tmp_path, warn=warnings.append)
     assert not warnings and len(records.records) == 1
+
+
+def test_artifacts_folders_are_never_read_as_records(tmp_path):
+    path = voc(tmp_path, "a", 50.0, 60.0)
+    artifacts = tmp_path / "a" / "finetune-0123abcd.artifacts"
+    (artifacts / "tensorboard" / "deep").mkdir(parents=True)
+    (artifacts / "predictions.json").write_text(json.dumps({"000005": [1, 2]}))
+    (artifacts / "tensorboard" / "deep" / "summary.json").write_text("{broken")
+    (artifacts / "tensorboard" / "copy.json").write_text(path.read_text())  # even a record-shaped file
+    warnings: list[str] = []
+    records = load_records(tmp_path, warn=warnings.append)
+    assert not warnings and not records.skipped and list(records.records) == [str(path)]
 
 
 def test_differing_configs_are_separate_variants_never_averaged(tmp_path):

@@ -29,7 +29,10 @@ def lowshot_record(template: dict, name: str, base: float, std: float) -> dict:
     """A schema-complete lowshot record (ks 1, 2, 4) derived from a real voc07_svm record."""
     record = copy.deepcopy(template)
     record["checkpoint"]["name"] = name
-    record["protocol"] = {"name": "lowshot", "version": "1", "primary_metric": "mAP_k4_mean"}
+    record["protocol"] = {"name": "lowshot", "version": "1", "primary_metric": "mAP_k4_mean",
+                          "metrics": [{"name": f"mAP_k{k}_{stat}", "higher_is_better": stat == "mean" or None,
+                                       "primary": (k, stat) == (4, "mean")}
+                                      for k in (1, 2, 4) for stat in ("mean", "std")]}
     record["config"] = {"ks": [1, 2, 4], "samples": 5, "sample_seed": 0}
     record["config_digest"] = "feedbeef0001"
     record["metrics"] = {tap: {f"mAP_k{k}_{stat}": value for k in (1, 2, 4)

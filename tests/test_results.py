@@ -1,6 +1,10 @@
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +16,7 @@ from benchmark.results import REQUIRED_KEYS, PartialState, RecordArrays, ResultS
 def record(digest: str, value: float) -> dict:
     base = {key: {} for key in REQUIRED_KEYS}
     base.update(schema_version=1, seed=0, config_digest=digest,
-                checkpoint={"name": "my ckpt/v1"}, protocol={"name": "knn"},
+                checkpoint={"name": "my ckpt/v1", "sha256": "c" * 64}, protocol={"name": "knn"},
                 metrics={"res5avg": {"top1_k20": value}})
     return base
 
@@ -69,6 +73,60 @@ def test_rewriting_a_run_replaces_its_side_file_and_keeps_other_runs(tmp_path):
     shutil.copy(tmp_path / "old.npz", first.with_name(stored["arrays"]["file"]))  # a foreign side file
     with pytest.raises(SslBenchError, match="belongs to another run; rerun the protocol"):
         RecordArrays(first, stored)(stored["details"]["per_image"]["ids"])
+
+
+# A sweep as parallel jobs: each process waits for `go`, then writes one record per round into a fresh
+# checkpoint folder, so every round starts from an empty folder with all writers at once.
+WRITER = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from test_results import with_arrays
+from benchmark.results import ResultStore
+root, digest, rounds = Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+while not (root / "go").exists():
+    time.sleep(0.001)
+for r in range(rounds):
+    record = with_arrays(digest, r)
+    record["checkpoint"] = {"name": f"sweep{r}", "sha256": "c" * 64}
+    ResultStore(root / "results").write(record)
+"""
+
+
+def test_parallel_writers_keep_every_record_and_its_side_file(tmp_path):
+    digests = ["d0", "d1", "d2", "d3", "same", "same"]
+    rounds = 15
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(Path(__file__).parent), str(tmp_path), digest,
+                                 str(rounds)], stderr=subprocess.PIPE, text=True) for digest in digests]
+    (tmp_path / "go").touch()
+    for writer in writers:
+        _, err = writer.communicate(timeout=300)
+        assert writer.returncode == 0, err
+    for r in range(rounds):
+        folder = tmp_path / "results" / f"sweep{r}"
+        records = {path: json.loads(path.read_text()) for path in folder.glob("*.json")}
+        assert sorted(stored["config_digest"] for stored in records.values()) == sorted(set(digests)), r
+        for path, stored in records.items():
+            scores = RecordArrays(path, stored)(stored["details"]["per_image"]["scores"]["cat"])
+            np.testing.assert_array_equal(scores, with_arrays("x", r)["details"]["per_image"]["scores"]["cat"])
+        named = sorted(stored["arrays"]["file"] for stored in records.values())
+        assert sorted(path.name for path in folder.glob("*.npz")) == named, "a side file no record names"
+
+
+def test_a_folder_takes_the_weights_of_its_records(tmp_path):
+    store = ResultStore(tmp_path)
+    store.claim("my ckpt/v1", "e" * 64)  # an empty folder takes any weights
+    path = store.write(record("aaa", 1.0))
+    store.claim("my ckpt/v1", "c" * 64)  # the same weights again
+    store.write(record("bbb", 2.0))
+    message = (f"results folder {path.parent} already holds results of other weights named 'my ckpt/v1' "
+               f"(sha256 {'c' * 12} in knn-bbb.json, this checkpoint's is {'e' * 12}); pass --name NAME")
+    with pytest.raises(SslBenchError, match=re.escape(message)):
+        store.claim("my ckpt/v1", "e" * 64)
+    other = {**record("ccc", 3.0), "checkpoint": {"name": "my ckpt/v1", "sha256": "e" * 64}}
+    with pytest.raises(SslBenchError, match="pass --name NAME"):  # a parallel run that claimed the empty folder
+        store.write(other)
+    assert sorted(p.name for p in path.parent.glob("*.json")) == ["knn-bbb.json", "knn.json"]
 
 
 def test_side_file_problems_are_one_line_errors(tmp_path):

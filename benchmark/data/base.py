@@ -54,7 +54,7 @@ class ImageDataset(ABC):
 
     @abstractmethod
     def digest(self) -> str:
-        """sha256 over what defines the data: split lists, labels, image names and sizes."""
+        """sha256 over what defines the data: split lists, labels, image names and contents."""
 
     def eval_transform(self, mean: tuple[float, ...] = IMAGENET_MEAN,
                        std: tuple[float, ...] = IMAGENET_STD, size: int = 224) -> Any:

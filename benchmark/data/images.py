@@ -13,8 +13,8 @@ import torch.utils.data
 from PIL import Image
 
 from benchmark.data.base import ImageDataset
-
 from benchmark.errors import SslBenchError, did_you_mean
+from benchmark.filehash import file_sha256s
 
 T = TypeVar("T")
 
@@ -81,14 +81,6 @@ def first(items: Sequence[T], limit: int | None) -> list[T]:
     return list(items if limit is None else items[:limit])
 
 
-def file_size(path: Path) -> int:
-    """Size of a listed file in bytes; a missing file raises SslBenchError naming it."""
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        raise SslBenchError(f"listed file {path} does not exist; restore it or fix the split list") from None
-
-
 class Digest:
     """sha256 over a stream of fields, each written with its length so that concatenations cannot collide."""
 
@@ -102,9 +94,10 @@ class Digest:
             self._hash.update(data)
 
     def add_files(self, base: Path, paths: Iterable[Path]) -> None:
-        """Add each file's name relative to `base` and its size."""
-        for path in paths:
-            self.add(path.relative_to(base).as_posix(), file_size(path))
+        """Add each file's name relative to `base` and the sha256 of its bytes (read once, then remembered)."""
+        paths = list(paths)
+        for path, sha256 in zip(paths, file_sha256s(paths)):
+            self.add(path.relative_to(base).as_posix(), sha256)
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()

@@ -1,4 +1,4 @@
-"""Result records, their JSON schema, the atomic store with array side files, and partial state for resume."""
+"""The atomic store of result records (their schema: benchmark.record) with array side files, and partial state."""
 
 from __future__ import annotations
 
@@ -18,13 +18,11 @@ from typing import Any
 import numpy as np
 
 from benchmark.errors import SslBenchError
+from benchmark.record import REQUIRED_KEYS, SCHEMA_VERSION, validate_record  # the first two re-exported
 
-SCHEMA_VERSION = 1
 ARRAY_KEY = "$array"  # marks a reference to an array in the record's side file
 RUN_MEMBER = "_run"  # the side file's member holding the run id its record names
 LOCK_NAME = ".lock"  # in each checkpoint folder: writers hold an flock on it, one at a time
-REQUIRED_KEYS = ("schema_version", "checkpoint", "protocol", "config", "dataset", "metrics",
-                 "seed", "versions", "device", "timings")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
@@ -115,9 +113,11 @@ class ResultStore:
                     "pass --name NAME to keep them apart")
 
     def write(self, record: dict[str, Any]) -> Path:
-        missing = [k for k in REQUIRED_KEYS if k not in record]
-        if missing:
-            raise ValueError(f"result record lacks keys {missing}")
+        problem = validate_record(record)
+        if problem is None and record["schema_version"] != SCHEMA_VERSION:
+            problem = f"has schema_version {record['schema_version']!r}; the store writes {SCHEMA_VERSION}"
+        if problem is not None:
+            raise ValueError(f"result record {problem}")
         checkpoint = record["checkpoint"]
         document, arrays = split_arrays(record)
         with folder_lock(self.folder(checkpoint["name"])):

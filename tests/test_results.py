@@ -10,13 +10,16 @@ import numpy as np
 import pytest
 
 from benchmark.errors import SslBenchError
-from benchmark.results import REQUIRED_KEYS, PartialState, RecordArrays, ResultStore, atomic_write_text, check_writable
+from benchmark.results import (REQUIRED_KEYS, SCHEMA_VERSION, PartialState, RecordArrays, ResultStore,
+                               atomic_write_text, check_writable)
 
 
 def record(digest: str, value: float) -> dict:
     base = {key: {} for key in REQUIRED_KEYS}
-    base.update(schema_version=1, seed=0, config_digest=digest,
-                checkpoint={"name": "my ckpt/v1", "sha256": "c" * 64}, protocol={"name": "knn"},
+    base.update(schema_version=SCHEMA_VERSION, seed=0, config_digest=digest,
+                checkpoint={"name": "my ckpt/v1", "sha256": "c" * 64}, dataset={"name": "folder", "digest": "d"},
+                protocol={"name": "knn", "primary_metric": "top1_k20",
+                          "metrics": [{"name": "top1_k20", "higher_is_better": True, "primary": True}]},
                 metrics={"res5avg": {"top1_k20": value}})
     return base
 
@@ -150,6 +153,16 @@ def test_side_file_problems_are_one_line_errors(tmp_path):
 def test_record_missing_keys_is_a_bug():
     with pytest.raises(ValueError, match="lacks keys"):
         ResultStore("/nonexistent").write({"checkpoint": {}})
+
+
+def test_record_contradicting_its_declaration_or_of_an_old_schema_is_a_bug(tmp_path):
+    undeclared = record("aaa", 1.0)
+    undeclared["metrics"]["res5avg"]["top5_k20"] = 2.0
+    with pytest.raises(ValueError, match=r"reports metrics \['top5_k20'\] of tap 'res5avg' that protocol.metrics"):
+        ResultStore(tmp_path).write(undeclared)
+    with pytest.raises(ValueError, match="has schema_version 1; the store writes 2"):
+        ResultStore(tmp_path).write({**record("aaa", 1.0), "schema_version": 1})
+    assert not list(tmp_path.rglob("*.json"))
 
 
 def test_atomic_write_leaves_no_temporary_files(tmp_path):

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
-import re
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -20,6 +18,7 @@ import torch.nn.functional as F
 import torch.utils.data
 
 from benchmark import distributed
+from benchmark.accel import AmpPolicy, eval_loader, eval_mode, worker_errors
 from benchmark.errors import SslBenchError
 from benchmark.protocol import FeatureSet
 
@@ -122,9 +121,7 @@ class FeatureExtractor:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.batch_size = batch_size
         self.workers = workers
-        on_cuda = self.device.type == "cuda"
-        self.amp = on_cuda if amp is None else amp
-        self.channels_last = on_cuda
+        self.policy = AmpPolicy.for_device(self.device, "auto" if amp is None else "bf16" if amp else "off")
         self.progress = progress
         self.input_size = backbone.input_size
         self.arch = getattr(backbone, "arch", type(backbone).__name__)
@@ -172,24 +169,18 @@ class FeatureExtractor:
     def _compute(self, images: torch.utils.data.Dataset, split: str, taps: list[str],
                  specs: dict[str, PoolSpec]) -> dict[str, np.ndarray]:
         total = len(images)
-        sampler = None
-        if distributed.get_world_size() > 1:
-            sampler = torch.utils.data.distributed.DistributedSampler(images, shuffle=False, drop_last=False)
-        loader = torch.utils.data.DataLoader(images, batch_size=self.batch_size, shuffle=False, sampler=sampler,
-                                             num_workers=self.workers, pin_memory=self.device.type == "cuda")
-        rows = len(sampler) if sampler is not None else total
+        loader, rows = eval_loader(images, self.batch_size, self.workers, self.device)
         indices = np.empty(rows, dtype=np.int64)
         out: dict[str, np.ndarray] = {}
         batches: Any = loader
         if self.progress is not None and distributed.is_main_process():
             batches = self.progress(loader, desc=f"features {split} [{', '.join(taps)}]", total=len(loader))
         position = 0
-        with self._eval_mode(), torch.inference_mode(), _worker_errors():
+        self.policy.prepare_model(self.backbone)
+        with eval_mode(self.backbone), torch.inference_mode(), worker_errors():
             for x, index in batches:
-                x = x.to(self.device, non_blocking=True)
-                if self.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                x = self.policy.prepare_input(x, self.device)
+                with self.policy.autocast():
                     maps = self.backbone.forward_taps(x, taps)
                 end = position + len(x)
                 for tap in taps:
@@ -203,18 +194,6 @@ class FeatureExtractor:
         if position != rows:
             raise RuntimeError(f"the loader gave {position} images for {rows} expected")
         return {tap: distributed.gather_rows(array, indices, total) for tap, array in out.items()}
-
-    @contextlib.contextmanager
-    def _eval_mode(self) -> Iterator[None]:
-        """Backbone in eval mode (BatchNorm statistics frozen) and channels_last on CUDA; training mode restored."""
-        was_training = self.backbone.training
-        self.backbone.eval()
-        if self.channels_last:
-            self.backbone.to(memory_format=torch.channels_last)
-        try:
-            yield
-        finally:
-            self.backbone.train(was_training)
 
 
 def _input_size(images: torch.utils.data.Dataset) -> int:
@@ -249,24 +228,3 @@ def _save(path: Path | None, array: np.ndarray) -> None:
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def _worker_errors() -> Iterator[None]:
-    """Turn an SslBenchError re-raised from a DataLoader worker (message plus traceback) back into one line."""
-    try:
-        yield
-    except SslBenchError as error:
-        text = str(error)
-        if "Original Traceback" not in text:
-            raise
-        raise type(error)(_original_message(text, type(error))) from None
-
-
-def _original_message(text: str, kind: type) -> str:
-    pattern = re.compile(rf"^(?:[\w.]+\.)?{re.escape(kind.__qualname__)}: (.*)$")
-    for line in reversed(text.splitlines()):
-        match = pattern.match(line)
-        if match:
-            return match.group(1)
-    return text.strip().splitlines()[-1]

@@ -361,7 +361,8 @@ def test_real_resnet18_taps() -> None:
 def test_amp_defaults_and_bfloat16_autocast() -> None:
     cuda = FeatureExtractor(tiny_net(), "c", torch.device("cuda"), None)
     cpu = FeatureExtractor(tiny_net(), "c", torch.device("cpu"), None)
-    assert (cuda.amp, cuda.channels_last) == (True, True) and (cpu.amp, cpu.channels_last) == (False, False)
+    assert (cuda.policy.dtype, cuda.policy.channels_last) == (torch.bfloat16, True)
+    assert (cpu.policy.dtype, cpu.policy.channels_last) == (None, False)
     data = TinyImages(n=6)
     exact = extractor(tiny_net()).extract(data, "train", ["res3"], identity, "id").features["res3"]
     mixed = extractor(tiny_net(), amp=True).extract(data, "train", ["res3"], identity, "id").features["res3"]

@@ -305,7 +305,7 @@ def evidence_for(record: dict[str, Any], tap: str, metric: str,
     """The per-image evidence a record keeps for (tap, metric), or None.
 
     Read by shape, not by protocol name: details.per_image[tap] = {k, correct_top1}
-    backs top1_k{k}; details.per_image = {tap, scores, labels, ids} (one dict of
+    backs top1_k{k}; details.per_image[tap] = {metric, correct} backs that metric; details.per_image = {tap, scores, labels, ids} (one dict of
     per-class arrays each) backs mAP of that tap. `array` turns a stored value
     (a list, an array, or a reference into the record's side file) into an array.
     """
@@ -314,6 +314,9 @@ def evidence_for(record: dict[str, Any], tap: str, metric: str,
     if not isinstance(per_image, dict):
         return None
     entry = per_image.get(tap)
+    if isinstance(entry, dict) and "correct" in entry and metric == entry.get("metric"):
+        ids = entry.get("ids")
+        return correctness(array(entry["correct"]), digest, None if ids is None else array(ids))
     if isinstance(entry, dict) and "correct_top1" in entry and metric == f"top1_k{entry.get('k')}":
         ids = entry.get("ids")
         return correctness(array(entry["correct_top1"]), digest, None if ids is None else array(ids))

@@ -1,28 +1,73 @@
 """The protocol interface and the context a protocol runs in.
 
 A protocol is a small class: a frozen Config dataclass (every constant, with
-defaults, validated in __post_init__) and `run(ctx, config) -> ProtocolResult`.
-It never prints, never opens another protocol's files, and gets features only
-through `ctx.features`, which caches them.
+defaults, validated in __post_init__), the metrics it reports (`metrics`), what
+it needs from a dataset (`needs`) and `run(ctx, config) -> ProtocolResult`.
+It never prints and never opens another protocol's files. It gets frozen
+features only through `ctx.features`, which caches them; a protocol that
+trains takes its own copy of the trunk (`ctx.trunk_copy`) and trains it with
+`ctx.trainer`, so fine-tuned weights never reach the feature cache.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
+
+from benchmark.record import WHOLE_NETWORK  # noqa: F401 - re-exported: protocols import it from here
 
 if TYPE_CHECKING:
     import torch
 
     from benchmark.data.base import ImageDataset
     from benchmark.results import PartialState
+    from benchmark.training import Trainer, TrainSpec
     from checkpoints.models import Backbone
 
 T = TypeVar("T")
+
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricSpec:
+    """One metric a protocol reports: its name, its direction (None: a spread, not a score), whether primary."""
+
+    name: str
+    higher_is_better: bool | None = True
+    primary: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """What the network sees, resolved once by the runner: square side and normalisation."""
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def eval_transform(self, dataset: ImageDataset) -> Any:
+        """The feature-extraction transform of PROTOCOLS.md (Resize, Resize to a square)."""
+        return dataset.eval_transform(self.mean, self.std, self.size)
+
+    def train_transform(self, dataset: ImageDataset) -> Any:
+        """Training augmentation: RandomResizedCrop and horizontal flip at the dataset's size."""
+        return dataset.train_transform(self.mean, self.std, self.size)
+
+    def test_transform(self, dataset: ImageDataset) -> Any:
+        """Test transform of the trained protocols: Resize then CenterCrop."""
+        return dataset.test_transform(self.mean, self.std, self.size)
+
+    def describe(self) -> dict[str, Any]:
+        return {"size": self.size, "mean": list(self.mean), "std": list(self.std)}
 
 
 @dataclasses.dataclass
@@ -53,7 +98,13 @@ class ProtocolResult:
 
 @dataclasses.dataclass
 class RunContext:
-    """Everything a protocol may use: the backbone, its taps, the dataset, cached features, progress."""
+    """Everything a protocol may use: the frozen backbone, taps, dataset, cached features, training, progress.
+
+    state keeps JSON pieces of an interrupted run; artifacts is the run's own
+    folder (training states, TensorBoard logs, written predictions), kept
+    beside its record; identity names the run (checkpoint, protocol, config,
+    dataset, seed) so a training state of another run is refused on resume.
+    """
 
     backbone: Backbone
     taps: tuple[str, ...]
@@ -64,6 +115,12 @@ class RunContext:
     extract: Callable[[str, tuple[str, ...]], FeatureSet]
     progress_factory: Callable[..., Any]
     log: Callable[[str], None]
+    input: InputSpec | None = None
+    artifacts: Path | None = None
+    resume: bool = False
+    identity: dict[str, Any] = dataclasses.field(default_factory=dict)
+    batch_size: int = 64
+    workers: int = 0
 
     def features(self, split: str, taps: Iterable[str] | None = None) -> FeatureSet:
         """Pooled features of `split` for `taps` (default: the run's taps), from the cache when present."""
@@ -72,6 +129,18 @@ class RunContext:
     def progress(self, iterable: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
         """Iterate with a progress bar (tqdm on a terminal, quiet otherwise)."""
         return self.progress_factory(iterable, desc=desc, total=total)
+
+    def trunk_copy(self) -> Backbone:
+        """A private copy of the checkpoint's trunk on the run's device, for a protocol to train or freeze."""
+        return copy.deepcopy(self.backbone).to(self.device)
+
+    def trainer(self, model: torch.nn.Module, spec: TrainSpec) -> Trainer:
+        """The training engine for `model`, saving states under the run's artifacts and resuming when asked."""
+        from benchmark.training import Trainer
+        if self.artifacts is None:
+            raise RuntimeError("this run context has no artifacts folder to keep training states in")
+        return Trainer(model, spec, self.device, self.artifacts, self.identity, resume=self.resume, log=self.log,
+                       progress=self.progress_factory)
 
 
 class Protocol(ABC):
@@ -82,12 +151,17 @@ class Protocol(ABC):
     Config: ClassVar[type]
     default_dataset: ClassVar[str]
     default_taps: ClassVar[tuple[str, ...] | None] = None
-    supported_tasks: ClassVar[tuple[str, ...]] = ("multiclass",)
+    needs: ClassVar[tuple[str, ...]] = ("class_labels",)  # targets the dataset must provide (ImageDataset.provides)
+    per_tap: ClassVar[bool] = True  # False: one result for the whole network, under WHOLE_NETWORK
 
-    def primary_metric(self, config: Any) -> str:
+    @abstractmethod
+    def metrics(self, config: Any, dataset: ImageDataset) -> tuple[MetricSpec, ...]:
+        """Every metric this run may report, exactly one of them primary."""
+
+    def primary_metric(self, config: Any, dataset: ImageDataset) -> str:
         """The headline metric of a result (what summary tables and the regression gate lead with)."""
-        raise NotImplementedError(f"protocol '{self.name}' must name its primary metric")
+        return next(spec.name for spec in self.metrics(config, dataset) if spec.primary)
 
     @abstractmethod
     def run(self, ctx: RunContext, config: Any) -> ProtocolResult:
-        """Compute metrics for every tap in ctx.taps."""
+        """Compute metrics for every tap in ctx.taps (or under WHOLE_NETWORK when not per_tap)."""

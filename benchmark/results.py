@@ -133,6 +133,10 @@ class ResultStore:
             _remove_unnamed_side_files(path)
         return path
 
+    def artifacts_dir(self, checkpoint_name: str, protocol: str, config_digest: str) -> Path:
+        """The run's own folder beside its record: training states, TensorBoard logs, written predictions."""
+        return self.folder(checkpoint_name) / f"{safe_name(protocol)}-{config_digest}.artifacts"
+
     def partial_state(self, checkpoint_name: str, protocol: str, config_digest: str) -> PartialState:
         folder = self.folder(checkpoint_name) / ".partial"
         return PartialState(folder / f"{safe_name(protocol)}-{config_digest}.json")

@@ -22,12 +22,14 @@ import numpy as np
 import torch
 
 from benchmark import __version__
+from benchmark.accel import resolve_device
 from benchmark.bootstrap import precompute
 from benchmark.config import build_config, config_digest, config_to_dict
 from benchmark.errors import SslBenchError
-from benchmark.protocol import FeatureSet, Protocol, RunContext
+from benchmark.protocol import WHOLE_NETWORK, FeatureSet, InputSpec, MetricSpec, Protocol, RunContext
 from benchmark.registry import DATASETS, PROTOCOLS
-from benchmark.results import SCHEMA_VERSION, PartialState, ResultStore, check_writable
+from benchmark.results import SCHEMA_VERSION, PartialState, ResultStore, check_writable, safe_name
+from benchmark.training.state import STATE_NAME, refuse_foreign_states
 
 
 @dataclasses.dataclass
@@ -60,17 +62,6 @@ def default_cache_dir() -> Path:
     return Path(base) / "features"
 
 
-def resolve_device(requested: str) -> torch.device:
-    """auto -> cuda when available else cpu; an explicit cuda without a GPU falls back to cpu with a log line."""
-    if requested not in ("auto", "cpu", "cuda") and not requested.startswith("cuda:"):
-        raise SslBenchError(f"--device must be auto, cpu or cuda[:N], got '{requested}'")
-    if requested == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    if requested == "auto":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device(requested)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -95,10 +86,14 @@ def run(options: RunOptions, progress_factory: Callable[..., Any] | None = None,
 
     dataset_name = options.dataset or protocol_cls.default_dataset
     dataset = DATASETS.get(dataset_name)(root=options.data_root, limit=options.limit)
-    if dataset.task not in protocol_cls.supported_tasks:
+    lacking = [need for need in protocol_cls.needs if need not in dataset.provides]
+    if lacking:
         raise SslBenchError(
-            f"protocol '{options.protocol}' needs a {' or '.join(protocol_cls.supported_tasks)} dataset; "
-            f"'{dataset_name}' is {dataset.task}")
+            f"protocol '{options.protocol}' needs {', '.join(lacking)} from its dataset, which '{dataset_name}' "
+            f"does not provide (it provides: {', '.join(sorted(dataset.provides)) or 'nothing'}); "
+            "pick another --dataset")
+    protocol = protocol_cls()
+    metric_specs = declared_metrics(protocol, config, dataset)
 
     distributed = init_distributed()
     device = resolve_device(options.device)
@@ -112,11 +107,13 @@ def run(options: RunOptions, progress_factory: Callable[..., Any] | None = None,
     store.claim(checkpoint_name, checkpoint.sha256)
     backbone = checkpoint.backbone.to(device).eval()
     taps = backbone.check_taps(options.taps or protocol_cls.default_taps or backbone.default_taps)
+    if not protocol_cls.per_tap:
+        taps = ()
 
-    size = dataset.native_size or backbone.input_size
     mean, std = dataset.normalization or (checkpoint.meta.get("mean", backbone.mean),
                                           checkpoint.meta.get("std", backbone.std))
-    transform = dataset.eval_transform(tuple(mean), tuple(std), size)
+    input_spec = InputSpec(dataset.native_size or backbone.input_size, tuple(mean), tuple(std))
+    transform = input_spec.eval_transform(dataset)
     transform_id = repr(transform)
     load_seconds = time.perf_counter() - started
 
@@ -128,6 +125,12 @@ def run(options: RunOptions, progress_factory: Callable[..., Any] | None = None,
                             "checkpoint": checkpoint.sha256})
     state = PartialState(store.partial_state(checkpoint_name, options.protocol, digest).path,
                          resume=options.resume)
+    artifacts = store.artifacts_dir(checkpoint_name, options.protocol, digest)
+    identity = {"checkpoint": checkpoint.sha256, "protocol": options.protocol, "version": protocol_cls.version,
+                "dataset": dataset_info["digest"], "taps": list(taps), "seed": options.seed,
+                **{f"config.{key}": value for key, value in config_dict.items()}}
+    if options.resume:
+        refuse_foreign_states(artifacts.parent, safe_name(options.protocol), artifacts, identity)
     resumed_pieces = len(state)
     if resumed_pieces:
         log(f"resuming: {resumed_pieces} finished pieces found in {state.path}")
@@ -148,23 +151,26 @@ def run(options: RunOptions, progress_factory: Callable[..., Any] | None = None,
         return features
 
     context = RunContext(backbone=backbone, taps=taps, dataset=dataset, device=device, seed=options.seed,
-                         state=state, extract=extract, progress_factory=progress_factory, log=log)
+                         state=state, extract=extract, progress_factory=progress_factory, log=log,
+                         input=input_spec, artifacts=artifacts, resume=options.resume, identity=identity,
+                         batch_size=options.batch_size, workers=options.workers)
     protocol_started = time.perf_counter()
-    protocol = protocol_cls()
     result = protocol.run(context, config)
     protocol_seconds = time.perf_counter() - protocol_started
-    _check_metrics(result.metrics, taps, options.protocol)
+    _check_metrics(result.metrics, taps if protocol_cls.per_tap else (WHOLE_NETWORK,), metric_specs,
+                   options.protocol)
 
     record = {
         "schema_version": SCHEMA_VERSION,
         "checkpoint": {**checkpoint.describe(), "name": checkpoint_name, "spec": options.checkpoint},
         "protocol": {"name": options.protocol, "version": protocol_cls.version,
-                     "primary_metric": protocol.primary_metric(config)},
+                     "primary_metric": next(spec.name for spec in metric_specs if spec.primary),
+                     "metrics": [spec.to_json() for spec in metric_specs]},
         "config": config_dict,
         "config_digest": digest,
         "dataset": {**dataset_info, "name": dataset_name},
         "taps": list(taps),
-        "preprocessing": {"size": size, "mean": list(mean), "std": list(std), "transform": transform_id,
+        "preprocessing": {**input_spec.describe(), "transform": transform_id,
                           "pooling": {tap: extractor.pooling(tap).describe() for tap in taps}},
         "metrics": result.metrics,
         "details": result.details,
@@ -183,19 +189,38 @@ def run(options: RunOptions, progress_factory: Callable[..., Any] | None = None,
     bootstrap = precompute(record)  # resampled statistics once here, so reports need no per-image pass
     if bootstrap is not None:
         record["bootstrap"] = bootstrap
+    if artifacts.is_dir():
+        record["artifacts"] = artifacts.name
     path = store.write(record)
     state.discard()
+    (artifacts / STATE_NAME).unlink(missing_ok=True)
     return record, path
 
 
-def _check_metrics(metrics: dict[str, dict[str, float]], taps: tuple[str, ...], protocol: str) -> None:
-    missing = [tap for tap in taps if tap not in metrics]
-    if missing:
-        raise RuntimeError(f"protocol '{protocol}' returned no metrics for taps {missing}")
-    for tap, values in metrics.items():
+def declared_metrics(protocol: Protocol, config: Any, dataset: Any) -> tuple[MetricSpec, ...]:
+    """The protocol's metric declarations, checked before it runs: unique names, exactly one primary."""
+    specs = tuple(protocol.metrics(config, dataset))
+    names = [spec.name for spec in specs]
+    primaries = [spec.name for spec in specs if spec.primary]
+    if not specs or len(set(names)) != len(names) or len(primaries) != 1:
+        raise RuntimeError(f"protocol '{protocol.name}' must declare unique metrics with exactly one primary; "
+                           f"got {names} with primary {primaries}")
+    return specs
+
+
+def _check_metrics(metrics: dict[str, dict[str, float]], keys: tuple[str, ...], specs: tuple[MetricSpec, ...],
+                   protocol: str) -> None:
+    missing = [key for key in keys if key not in metrics]
+    extra = [key for key in metrics if key not in keys]
+    if missing or extra:
+        raise RuntimeError(f"protocol '{protocol}' returned metrics for {list(metrics)}, expected {list(keys)}")
+    declared = {spec.name for spec in specs}
+    for key, values in metrics.items():
         for metric, value in values.items():
+            if metric not in declared:
+                raise RuntimeError(f"protocol '{protocol}' returned the undeclared metric '{metric}'")
             if not isinstance(value, (int, float)) or not np.isfinite(value):
-                raise RuntimeError(f"protocol '{protocol}' returned {metric}={value!r} for tap {tap}")
+                raise RuntimeError(f"protocol '{protocol}' returned {metric}={value!r} for {key}")
 
 
 def _quiet_progress(iterable: Any, **_: Any) -> Any:

@@ -18,7 +18,7 @@ import numpy as np
 from benchmark.config import check_split_fields, is_int
 from benchmark.errors import SslBenchError, did_you_mean
 from benchmark.features import check_features
-from benchmark.protocol import FeatureSet, Protocol, ProtocolResult, RunContext
+from benchmark.protocol import FeatureSet, MetricSpec, Protocol, ProtocolResult, RunContext
 from benchmark.registry import PROTOCOLS
 
 PER_IMAGE_LIMIT = 20000
@@ -54,6 +54,11 @@ class KnnConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         check_split_fields(self)
+
+
+def primary_k(config: KnnConfig) -> int:
+    """The K whose top-1 is the headline: 20 (DINO's) when asked for, else the smallest."""
+    return 20 if 20 in config.ks else config.ks[0]
 
 
 def gpu_search_available() -> bool:
@@ -163,11 +168,12 @@ class KnnProtocol(Protocol):
     Config = KnnConfig
     default_dataset = "fashion_mnist"
     default_taps = ("res5avg",)
-    supported_tasks = ("multiclass",)
+    needs = ("class_labels",)
 
-    def primary_metric(self, config: KnnConfig) -> str:
-        """top-1 at K=20 (DINO's headline) when asked for, else at the smallest K."""
-        return f"top1_k{20 if 20 in config.ks else config.ks[0]}"
+    def metrics(self, config: KnnConfig, dataset: Any) -> tuple[MetricSpec, ...]:
+        """top-1 and top-5 per K; top-1 at K=20 (DINO's headline) is primary when asked for, else the smallest K."""
+        primary = primary_k(config)
+        return tuple(MetricSpec(f"top{n}_k{k}", primary=n == 1 and k == primary) for k in config.ks for n in (1, 5))
 
     def run(self, ctx: RunContext, config: KnnConfig) -> ProtocolResult:
         train_split = config.train_split or ctx.dataset.train_split
@@ -223,8 +229,8 @@ class KnnProtocol(Protocol):
             metrics[f"top5_k{k}"] = 100.0 * float(np.mean(ranks[k] < 5))
         per_image = None
         if len(Q) <= PER_IMAGE_LIMIT:  # at the primary K, the number reports put intervals on
-            primary_k = int(self.primary_metric(config).removeprefix("top1_k"))
-            per_image = {"k": primary_k, "correct_top1": (ranks[primary_k] < 1).astype(int).tolist()}
+            k = primary_k(config)
+            per_image = {"k": k, "correct_top1": (ranks[k] < 1).astype(int).tolist()}
         return {
             "metrics": metrics,
             "ks_clipped": {str(k): knn.k_ for k in config.ks if k > knn.k_},

@@ -39,7 +39,7 @@ import numpy as np
 
 from benchmark.config import is_int
 from benchmark.errors import SslBenchError
-from benchmark.protocol import Protocol, ProtocolResult, RunContext
+from benchmark.protocol import MetricSpec, Protocol, ProtocolResult, RunContext
 from benchmark.registry import PROTOCOLS
 from protocols.metrics import average_precision, mean_average_precision
 from protocols.svm_common import (check_multilabel, check_svm_fields, class_names, first_best, make_svm,
@@ -139,11 +139,15 @@ class LowshotProtocol(Protocol):
     Config = LowshotConfig
     default_dataset = "voc2007"
     default_taps = None
-    supported_tasks = ("multilabel", "multiclass")
+    needs = ("labels",)
 
-    def primary_metric(self, config: LowshotConfig) -> str:
-        """Mean mAP over the samples at the largest k."""
-        return f"mAP_k{max(config.ks)}_mean"
+    def metrics(self, config: LowshotConfig, dataset: Any) -> tuple[MetricSpec, ...]:
+        """mean/std/min/max over samples of mAP (and top-1 on single-label data) per k; primary: mean mAP at max k."""
+        names = ("mAP", "top1") if dataset.task == "multiclass" else ("mAP",)
+        primary = f"mAP_k{max(config.ks)}_mean"
+        return tuple(MetricSpec(f"{name}_k{k}_{stat}", higher_is_better=None if stat == "std" else True,
+                                primary=f"{name}_k{k}_{stat}" == primary)
+                     for name in names for k in config.ks for stat in ("mean", "std", "min", "max"))
 
     def run(self, ctx: RunContext, config: LowshotConfig) -> ProtocolResult:
         train_split, test_split = splits_of(ctx, config, self.name)

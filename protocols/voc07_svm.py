@@ -34,7 +34,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from benchmark.config import is_int
 from benchmark.errors import SslBenchError
-from benchmark.protocol import Protocol, ProtocolResult, RunContext
+from benchmark.protocol import MetricSpec, Protocol, ProtocolResult, RunContext
 from benchmark.registry import PROTOCOLS
 from protocols.metrics import average_precision
 from protocols.svm_common import (check_multilabel, check_svm_fields, class_names, first_best, make_svm,
@@ -84,10 +84,11 @@ class Voc07SvmProtocol(Protocol):
     Config = Voc07SvmConfig
     default_dataset = "voc2007"
     default_taps = None
-    supported_tasks = ("multilabel",)
+    needs = ("multilabel",)
 
-    def primary_metric(self, config: Voc07SvmConfig) -> str:
-        return "mAP"
+    def metrics(self, config: Voc07SvmConfig, dataset: Any) -> tuple[MetricSpec, ...]:
+        """mAP (all-point AP, primary) and mAP_11pt (VOC07 11-point) over classes, x 100."""
+        return MetricSpec("mAP", primary=True), MetricSpec("mAP_11pt")
 
     def run(self, ctx: RunContext, config: Voc07SvmConfig) -> ProtocolResult:
         train_split, test_split = splits_of(ctx, config, self.name)

@@ -235,7 +235,11 @@ def test_protocol_metadata() -> None:
     assert KnnProtocol.Config is KnnConfig
     assert KnnProtocol.default_dataset == "fashion_mnist"
     assert KnnProtocol.default_taps == ("res5avg",)
-    assert KnnProtocol.supported_tasks == ("multiclass",)
+    assert KnnProtocol.needs == ("class_labels",)
+    specs = KnnProtocol().metrics(KnnConfig(ks=(10, 20)), None)
+    assert [spec.name for spec in specs] == ["top1_k10", "top5_k10", "top1_k20", "top5_k20"]
+    assert [spec.name for spec in specs if spec.primary] == ["top1_k20"]
+    assert KnnProtocol().primary_metric(KnnConfig(ks=(5, 50)), None) == "top1_k5"
 
 
 @pytest.mark.parametrize("field, value", [

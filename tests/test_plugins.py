@@ -13,7 +13,7 @@ import dataclasses
 
 import numpy as np
 
-from benchmark.protocol import Protocol, ProtocolResult
+from benchmark.protocol import MetricSpec, Protocol, ProtocolResult
 from benchmark.registry import PROTOCOLS
 
 
@@ -28,8 +28,8 @@ class CentroidProtocol(Protocol):
     name, version, Config = "centroid", "7", CentroidConfig
     default_dataset, default_taps = "folder", ("res5avg",)
 
-    def primary_metric(self, config):
-        return "top1"
+    def metrics(self, config, dataset):
+        return (MetricSpec("top1", primary=True),)
 
     def run(self, ctx, config):
         metrics = {}
@@ -74,5 +74,6 @@ def test_entry_point_protocol_installs_and_runs(tmp_path, folder_root):
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     record = json.loads((results / "random-resnet18_cifar" / "centroid.json").read_text())
-    assert record["protocol"] == {"name": "centroid", "version": "7", "primary_metric": "top1"}
+    assert record["protocol"] == {"name": "centroid", "version": "7", "primary_metric": "top1",
+                                  "metrics": [{"name": "top1", "higher_is_better": True, "primary": True}]}
     assert 0.0 <= record["metrics"]["res5avg"]["top1"] <= 100.0

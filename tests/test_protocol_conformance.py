@@ -6,11 +6,13 @@ import dataclasses
 
 import pytest
 
-from benchmark.protocol import Protocol
+from benchmark.protocol import WHOLE_NETWORK, Protocol
 from benchmark.registry import DATASETS, PROTOCOLS
 from benchmark.runner import RunOptions, run
 
-TINY_DATASET_FOR_TASK = {"multiclass": "folder", "multilabel": "voc2007"}
+TINY_DATASETS = ("voc2007", "folder")  # the first whose targets a protocol needs runs it
+TARGETS = {"labels", "class_labels", "multilabel", "boxes", "normals"}
+FAST_SETTINGS = {"epochs": "1", "batch_size": "8"}  # for the protocols that train
 
 
 @pytest.mark.parametrize("name", PROTOCOLS.names())
@@ -22,18 +24,29 @@ def test_protocol_interface(name):
     assert dataclasses.is_dataclass(cls.Config) and cls.Config.__dataclass_params__.frozen
     cls.Config()
     assert cls.default_dataset in DATASETS.names()
-    assert set(cls.supported_tasks) <= {"multiclass", "multilabel", "dense"}
+    assert cls.needs and set(cls.needs) <= TARGETS
+
+
+def tiny_dataset_for(cls) -> str:
+    return next(name for name in TINY_DATASETS if set(cls.needs) <= DATASETS.get(name).provides)
 
 
 @pytest.mark.parametrize("name", PROTOCOLS.names())
 def test_protocol_runs_on_tiny_data(name, tmp_path, folder_root, voc_root):
     cls = PROTOCOLS.get(name)
-    task = next(t for t in cls.supported_tasks if t in TINY_DATASET_FOR_TASK)
-    dataset = TINY_DATASET_FOR_TASK[task]
+    dataset = tiny_dataset_for(cls)
     root = folder_root if dataset == "folder" else voc_root
+    fields = {field.name for field in dataclasses.fields(cls.Config)}
+    overrides = {key: value for key, value in FAST_SETTINGS.items() if key in fields}
     record, path = run(RunOptions(checkpoint="random:resnet18_cifar", protocol=name, dataset=dataset,
-                                  data_root=root, taps=("res3", "res5avg"), results_dir=tmp_path))
+                                  data_root=root, taps=("res3", "res5avg"), results_dir=tmp_path,
+                                  overrides=overrides))
     assert path.exists()
-    assert set(record["metrics"]) == {"res3", "res5avg"}
-    assert set(record["config"]) == {field.name for field in dataclasses.fields(cls.Config)}
-    assert record["protocol"]["primary_metric"] in record["metrics"]["res3"]
+    keys = {"res3", "res5avg"} if cls.per_tap else {WHOLE_NETWORK}
+    assert set(record["metrics"]) == keys
+    assert set(record["config"]) == fields
+    declared = {spec["name"]: spec for spec in record["protocol"]["metrics"]}
+    primary = record["protocol"]["primary_metric"]
+    assert declared[primary]["primary"] and sum(spec["primary"] for spec in declared.values()) == 1
+    for values in record["metrics"].values():
+        assert primary in values and set(values) <= set(declared)

@@ -28,6 +28,7 @@ class ImageDataset(ABC):
     splits: ClassVar[tuple[str, ...]]
     train_split: ClassVar[str]
     test_split: ClassVar[str]
+    provides: ClassVar[frozenset[str]] = frozenset()  # targets: labels, class_labels, multilabel, boxes, normals
     native_size: ClassVar[int | None] = None
     normalization: ClassVar[tuple[tuple[float, ...], tuple[float, ...]] | None] = None
 
@@ -63,6 +64,28 @@ class ImageDataset(ABC):
         return transforms.Compose([
             transforms.Resize(round(size * 256 / 224)),
             transforms.Resize((size, size)),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ])
+
+    def train_transform(self, mean: tuple[float, ...] = IMAGENET_MEAN,
+                        std: tuple[float, ...] = IMAGENET_STD, size: int = 224) -> Any:
+        """Training augmentation of the linear and fine-tuning protocols: RandomResizedCrop, flip, Normalize."""
+        from torchvision import transforms
+        return transforms.Compose([
+            transforms.RandomResizedCrop(size),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ])
+
+    def test_transform(self, mean: tuple[float, ...] = IMAGENET_MEAN,
+                       std: tuple[float, ...] = IMAGENET_STD, size: int = 224) -> Any:
+        """Test transform of the linear and fine-tuning protocols: Resize(256 at 224), CenterCrop, Normalize."""
+        from torchvision import transforms
+        return transforms.Compose([
+            transforms.Resize(round(size * 256 / 224)),
+            transforms.CenterCrop(size),
             transforms.ToTensor(),
             transforms.Normalize(mean, std),
         ])

@@ -98,6 +98,7 @@ class FashionMnist(ImageDataset):
 
     name = "fashion_mnist"
     task = "multiclass"
+    provides = frozenset({"labels", "class_labels"})
     splits = ("train", "test")
     train_split = "train"
     test_split = "test"
@@ -177,3 +178,21 @@ class FashionMnist(ImageDataset):
             transforms.ToTensor(),
             transforms.Normalize(mean, std),
         ])
+
+    def train_transform(self, mean: tuple[float, ...] = normalization[0], std: tuple[float, ...] = normalization[1],
+                        size: int = 32) -> Any:
+        """Pad 2, RandomResizedCrop(size) and flip at the native size, grey to 3 channels, Normalize."""
+        from torchvision import transforms
+        return transforms.Compose([
+            transforms.Pad(2),
+            transforms.RandomResizedCrop(size),
+            transforms.RandomHorizontalFlip(),
+            transforms.Grayscale(num_output_channels=3),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ])
+
+    def test_transform(self, mean: tuple[float, ...] = normalization[0], std: tuple[float, ...] = normalization[1],
+                       size: int = 32) -> Any:
+        """The whole image at the native size: the evaluation transform."""
+        return self.eval_transform(mean, std, size)

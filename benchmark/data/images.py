@@ -107,6 +107,7 @@ class ListedImages(ImageDataset):
     """Single-label images listed per split as (path relative to the split's image folder, class index)."""
 
     task = "multiclass"
+    provides = frozenset({"labels", "class_labels"})
 
     def __init__(self, root: Path | None, limit: int | None = None) -> None:
         super().__init__(root, limit)

@@ -43,6 +43,7 @@ class NyuV2(ImageDataset):
 
     name = "nyuv2"
     task = "dense"
+    provides = frozenset({"normals"})
     splits = ("train", "test")
     train_split = "train"
     test_split = "test"

@@ -83,6 +83,7 @@ class _Voc(ImageDataset):
     """Image-level VOC labels for the SVM protocols, objects for detection."""
 
     task = "multilabel"
+    provides = frozenset({"labels", "multilabel"})
     train_split = "trainval"
     test_split = "test"
     # split -> the (year, split) lists it joins

@@ -61,6 +61,36 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     run.add_argument("--json", action="store_true", help="print the whole record as JSON")
 
+    pretrain = commands.add_parser(
+        "pretrain", help="train a self-supervised recipe and write a checkpoint",
+        description="Pretrain a trunk with a recipe (see `ssl-bench list recipes`) on a dataset's training split "
+                    "and write OUT/checkpoint.pth, which `ssl-bench run --checkpoint` reads as it is.",
+        epilog="Example:\n  ssl-bench pretrain --recipe simclr --dataset fashion_mnist --out runs/simclr "
+               "--epochs 20 --batch-size 256 --eval-every 5",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    pretrain.add_argument("--recipe", required=True, metavar="NAME", help="see `ssl-bench list recipes`")
+    pretrain.add_argument("--dataset", default="fashion_mnist", metavar="NAME",
+                          help="dataset whose training split is used (default: fashion_mnist)")
+    pretrain.add_argument("--data-root", type=Path, metavar="DIR")
+    pretrain.add_argument("--out", type=Path, required=True, metavar="DIR",
+                          help="run folder: training states, TensorBoard logs, checkpoint.pth")
+    pretrain.add_argument("--arch", default="resnet18_cifar", help="trunk architecture (default: resnet18_cifar)")
+    pretrain.add_argument("--epochs", type=int, help="epochs (default: the paper's)")
+    pretrain.add_argument("--batch-size", type=int, help="global batch (default: the paper's)")
+    pretrain.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a recipe setting; repeatable")
+    pretrain.add_argument("--resume", action="store_true", help="continue from the run folder's training state")
+    pretrain.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
+    pretrain.add_argument("--workers", type=int, default=2, help="data loading processes (default: 2)")
+    pretrain.add_argument("--limit", type=int, metavar="N", help="use only the first N training images")
+    pretrain.add_argument("--eval-every", type=int, default=0, metavar="N",
+                          help="kNN check (res5avg, K=20) every N epochs, logged (default: never)")
+    pretrain.add_argument("--eval-protocol", default="knn", choices=("knn",), help="the check's protocol")
+    pretrain.add_argument("--eval-limit", type=int, default=2000, metavar="N",
+                          help="images per split for the check (default: 2000)")
+
     inspect = commands.add_parser("inspect", help="show what a checkpoint holds and how it maps",
                                   description="Detected format, architecture, matched/missing/"
                                               "unexpected trunk keys and sha256 of a checkpoint.")
@@ -169,6 +199,29 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from benchmark.config import parse_overrides
+    from benchmark.pretrain import PretrainOptions, pretrain
+
+    options = PretrainOptions(
+        recipe=args.recipe, out=args.out, dataset=args.dataset, data_root=args.data_root, arch=args.arch,
+        epochs=_positive(args.epochs, "--epochs") if args.epochs is not None else None,
+        batch_size=_positive(args.batch_size, "--batch-size") if args.batch_size is not None else None,
+        overrides=parse_overrides(args.overrides), resume=args.resume, overwrite=args.overwrite, seed=args.seed,
+        device=args.device, workers=max(0, args.workers),
+        limit=_positive(args.limit, "--limit") if args.limit is not None else None,
+        eval_every=max(0, args.eval_every), eval_limit=_positive(args.eval_limit, "--eval-limit"))
+
+    def progress(iterable: Any, desc: str = "", total: int | None = None, **kwargs: Any) -> Any:
+        return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, disable=None, **kwargs)
+
+    path = pretrain(options, progress_factory=progress, log=_log)
+    print(f"checkpoint: {path}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "zoo":
         from checkpoints.zoo import list_zoo
@@ -228,7 +281,7 @@ def _warn(message: str) -> None:
     print(f"ssl-bench: warning: {message}", file=sys.stderr)
 
 
-COMMANDS = {"run": cmd_run, "inspect": cmd_inspect, "list": cmd_list, "make-data": cmd_make_data,
+COMMANDS = {"run": cmd_run, "pretrain": cmd_pretrain, "inspect": cmd_inspect, "list": cmd_list, "make-data": cmd_make_data,
             "report": cmd_report, "regress": cmd_regress}
 
 

@@ -117,3 +117,15 @@ def _all_gather_tensor(tensor: torch.Tensor) -> list[torch.Tensor]:
     parts = [torch.empty_like(tensor) for _ in range(get_world_size())]
     dist.all_gather(parts, tensor.contiguous())
     return parts
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's `tensor` concatenated along dim 0 in rank order; gradients flow back to each rank's part.
+
+    The tensor itself in a single process. Contrastive losses use it to take
+    negatives from the global batch.
+    """
+    if not is_distributed():
+        return tensor
+    import torch.distributed.nn.functional as dist_nn
+    return torch.cat(dist_nn.all_gather(tensor), dim=0)

@@ -278,7 +278,10 @@ def _read_safetensors(path: Path) -> Any:
         version = int(metadata.get("format_version", NATIVE_VERSION))
     except ValueError as error:
         raise SslBenchError(f"{path}: bad ssl-bench metadata in the safetensors header ({error})") from None
-    return {"ssl_bench": {**extra, "arch": metadata["arch"], "format_version": version}, "state_dict": tensors}
+    trunk = {k: v for k, v in tensors.items() if not k.startswith("heads.")}
+    heads = {k.removeprefix("heads."): v for k, v in tensors.items() if k.startswith("heads.")}
+    return {"ssl_bench": {**extra, "arch": metadata["arch"], "format_version": version}, "state_dict": trunk,
+            "heads": heads}
 
 
 def _top_keys(obj: Any) -> str:
@@ -503,8 +506,12 @@ def inspect_checkpoint(spec: str, arch: str | None = None, fmt: str | None = Non
 
 
 def save_native(path: str | os.PathLike[str], backbone_state_dict: Mapping[str, torch.Tensor], arch: str,
-                meta: Mapping[str, Any] | None = None) -> Path:
-    """Write an ssl-bench checkpoint (.pt/.pth, or .safetensors) atomically; `meta` must be JSON-ready."""
+                meta: Mapping[str, Any] | None = None, heads: Mapping[str, torch.Tensor] | None = None) -> Path:
+    """Write an ssl-bench checkpoint (.pt/.pth, or .safetensors) atomically; `meta` must be JSON-ready.
+
+    `heads` (a recipe's projector, predictor, queue...) are kept apart from the
+    trunk: under "heads" in a .pth, as "heads."-prefixed tensors in a .safetensors.
+    """
     path = Path(path)
     ARCHS.get(arch)
     meta = dict(meta or {})
@@ -520,11 +527,13 @@ def save_native(path: str | os.PathLike[str], backbone_state_dict: Mapping[str, 
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
-            save_file({k: v.clone() for k, v in tensors.items()}, tmp,
+            head_tensors = {f"heads.{k}": v.detach().cpu().contiguous() for k, v in (heads or {}).items()}
+            save_file({k: v.clone() for k, v in {**tensors, **head_tensors}.items()}, tmp,
                       metadata={"arch": arch, "format_version": str(NATIVE_VERSION), "meta": json.dumps(meta)})
         else:
             torch.save({"ssl_bench": {**meta, "arch": arch, "format_version": NATIVE_VERSION},
-                        "state_dict": tensors}, tmp)
+                        "state_dict": tensors,
+                        "heads": {k: v.detach().cpu().contiguous() for k, v in (heads or {}).items()}}, tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -42,6 +42,7 @@ class TrainSpec:
     epochs: int = 1
     max_steps: int | None = None  # optimiser steps; when set, it overrides epochs
     milestone_epochs: tuple[int, ...] = ()  # step-schedule milestones in epochs (else optim.milestones, in steps)
+    warmup_epochs: float = 0.0  # linear warmup in epochs (else optim.warmup_steps)
     accumulate: int = 1
     clip_grad_norm: float | None = None
     amp: AmpMode = "auto"
@@ -134,11 +135,15 @@ class Trainer:
 
     def fit(self, dataset: torch.utils.data.Dataset, step_fn: StepFn,
             collate_fn: Callable[[list], Any] | None = None, on_epoch_end: EpochHook | None = None,
-            parameters: list[dict] | None = None) -> TrainResult:
+            parameters: list[dict] | None = None, on_epoch_start: Callable[[int], None] | None = None
+            ) -> TrainResult:
         """Train to the end of the schedule (resuming when asked and a state exists); return the history.
 
         `parameters` overrides the default groups (trainable parameters; BN and
-        biases without weight decay when the spec says so).
+        biases without weight decay when the spec says so). on_epoch_start(epoch)
+        runs before an epoch's first batch (not again when resuming mid-epoch:
+        what it computes must live in the model's buffers to be saved);
+        on_epoch_end(epoch) returns metrics for the history.
         """
         spec, started = self.spec, time.perf_counter()
         world = distributed.get_world_size()
@@ -158,6 +163,8 @@ class Trainer:
         optim = spec.optim
         if spec.milestone_epochs:
             optim = dataclasses.replace(optim, milestones=tuple(e * steps_per_epoch for e in spec.milestone_epochs))
+        if spec.warmup_epochs:
+            optim = dataclasses.replace(optim, warmup_steps=round(spec.warmup_epochs * steps_per_epoch))
         scheduler = build_scheduler(optimizer, optim, total_steps)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.policy.uses_scaler)
         wrapped = self._wrap()
@@ -191,6 +198,8 @@ class Trainer:
         board.purge_step = position.step
         try:
             while position.step < total_steps:
+                if on_epoch_start is not None and position.batch == 0:
+                    on_epoch_start(position.epoch)
                 self._run_epoch(wrapped, dataset, sampler, micro_batch, steps_per_epoch, total_steps, epochs,
                                 position, step_fn, collate_fn, optimizer, scheduler, scaler, board, save)
                 if position.batch < steps_per_epoch * spec.accumulate and position.step < total_steps:
@@ -308,22 +317,15 @@ class _TensorBoard:
 
 
 def changing_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The part of the state that training changes: trainable parameters, buffers of modules in training mode.
+    """The model's state without its frozen sub-networks: those held in eval mode with no trainable parameter.
 
-    A frozen trunk (parameters without grad, modules held in eval mode) is left
-    out, so a linear probe's training state holds its heads only.
+    So a linear probe's training state holds its heads, not the trunk; an EMA
+    target network (no grad, but in training mode) is kept.
     """
-    state = {}
-    for module_name, module in model.named_modules():
-        prefix = f"{module_name}." if module_name else ""
-        for name, parameter in module.named_parameters(recurse=False):
-            if parameter.requires_grad:
-                state[prefix + name] = parameter.detach()
-        if module.training:
-            for name, buffer in module.named_buffers(recurse=False):
-                if buffer is not None and name in module._buffers and name not in module._non_persistent_buffers_set:
-                    state[prefix + name] = buffer.detach()
-    return state
+    frozen = [f"{name}." for name, module in model.named_modules()
+              if name and not module.training and not any(p.requires_grad for p in module.parameters())]
+    return {key: value for key, value in model.state_dict().items()
+            if not any(key.startswith(prefix) for prefix in frozen)}
 
 
 def load_changing_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
@@ -361,5 +363,7 @@ def _to_device(batch: Any, device: torch.device, policy: AmpPolicy) -> Any:
 
 
 def _batch_len(batch: Any) -> int:
-    first = batch[0] if isinstance(batch, (list, tuple)) else batch
-    return len(first)
+    """Images in a batch: the length of its first tensor, depth first (the first view of a tuple of views)."""
+    while isinstance(batch, (list, tuple, dict)):
+        batch = next(iter(batch.values())) if isinstance(batch, dict) else batch[0]
+    return len(batch)

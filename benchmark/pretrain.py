@@ -92,7 +92,7 @@ def pretrain(options: PretrainOptions, progress_factory: Callable[..., Any] | No
     identity = {"recipe": options.recipe, "recipe_version": recipe_cls.version, "arch": options.arch,
                 "dataset": dataset.digest(), "seed": options.seed,
                 **{f"config.{key}": value for key, value in config_dict.items()}}
-    spec = config.train_spec(options.seed, sync_bn=recipe_cls.sync_bn)
+    spec = dataclasses.replace(config.train_spec(options.seed, sync_bn=recipe_cls.sync_bn), workers=options.workers)
     trainer = Trainer(model, spec, device, out, identity, resume=options.resume, log=log,
                       progress=progress_factory)
     eval_limit = min(options.eval_limit, options.limit or options.eval_limit)

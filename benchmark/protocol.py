@@ -135,8 +135,10 @@ class RunContext:
         return copy.deepcopy(self.backbone).to(self.device)
 
     def trainer(self, model: torch.nn.Module, spec: TrainSpec) -> Trainer:
-        """The training engine for `model`, saving states under the run's artifacts and resuming when asked."""
+        """The training engine for `model` (loading with the run's --workers), saving states under the run's
+        artifacts and resuming when asked."""
         from benchmark.training import Trainer
+        spec = dataclasses.replace(spec, workers=self.workers)
         if self.artifacts is None:
             raise RuntimeError("this run context has no artifacts folder to keep training states in")
         return Trainer(model, spec, self.device, self.artifacts, self.identity, resume=self.resume, log=self.log,

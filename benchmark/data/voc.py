@@ -83,7 +83,7 @@ class _Voc(ImageDataset):
     """Image-level VOC labels for the SVM protocols, objects for detection."""
 
     task = "multilabel"
-    provides = frozenset({"labels", "multilabel"})
+    provides = frozenset({"labels", "multilabel", "boxes"})
     train_split = "trainval"
     test_split = "test"
     # split -> the (year, split) lists it joins

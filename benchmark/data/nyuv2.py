@@ -30,11 +30,29 @@ def _read_array(path: Path, mode: str) -> np.ndarray:
         raise SslBenchError(f"cannot read {path} ({error}); replace or re-extract this file") from error
 
 
-def read_normals(path: Path) -> np.ndarray:
-    """float32 (H, W, 3) unit normals from an RGB PNG, n = v / 127.5 - 1 renormalised."""
+UNIT_TOLERANCE = 0.05  # |length - 1| of a decoded normal on a valid pixel; 8-bit quantisation stays under 0.007
+
+
+def decode_normals(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (H, W, 3) unit normals from an RGB PNG, n = v / 127.5 - 1 renormalised, and the decoded lengths."""
     normals = _read_array(path, "RGB").astype(np.float32) / 127.5 - 1
     length = np.linalg.norm(normals, axis=-1, keepdims=True)
-    return normals / np.maximum(length, 1e-6)
+    return normals / np.maximum(length, 1e-6), length[..., 0]
+
+
+def read_normals(path: Path) -> np.ndarray:
+    """float32 (H, W, 3) unit normals from an RGB PNG, n = v / 127.5 - 1 renormalised."""
+    return decode_normals(path)[0]
+
+
+def image_size(path: Path, what: str) -> tuple[int, int]:
+    """(width, height) from a file's header, without decoding it."""
+    require_file(path, what, _HINT)
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError) as error:
+        raise SslBenchError(f"cannot read {path} ({error}); replace or re-extract this file") from error
 
 
 @DATASETS.register("nyuv2")
@@ -81,13 +99,40 @@ class NyuV2(ImageDataset):
     def targets(self, split: str, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Ground truth of image i: unit normals float32 (H, W, 3) and valid-pixel mask bool (H, W)."""
         image_id = self.ids(split)[i]
-        normals = read_normals(self.base / "normals" / f"{image_id}.png")
+        normals_path = self.base / "normals" / f"{image_id}.png"
+        normals, length = decode_normals(normals_path)
         mask_path = self.base / "masks" / f"{image_id}.png"
         mask = _read_array(mask_path, "L") > 0
         if mask.shape != normals.shape[:2]:
             raise SslBenchError(f"{mask_path} is {mask.shape[1]}x{mask.shape[0]} but its normals are "
                                 f"{normals.shape[1]}x{normals.shape[0]}; they must match")
+        if not mask.any():
+            raise SslBenchError(f"mask {mask_path} marks no valid pixel; fix or drop image '{image_id}' "
+                                f"from splits/{split}.txt")
+        off = np.abs(length[mask] - 1) > UNIT_TOLERANCE
+        if off.any():
+            raise SslBenchError(f"{normals_path}: {int(off.sum())} valid pixels do not decode to unit vectors "
+                                f"(n = v / 127.5 - 1 has length {float(length[mask][off][0]):.3f}); "
+                                "is this a normals file?")
         return normals, mask
+
+    def check_split_files(self, split: str) -> list[tuple[int, int]]:
+        """(width, height) of each image of a split, after checking that every listed id has an image,
+        normals and mask of one size (headers only); SslBenchError naming the first offender."""
+        sizes = []
+        for image_id in self.ids(split):
+            paths = [self.base / folder / f"{image_id}.png" for folder in FOLDERS]
+            missing = [path for path in paths if not path.is_file()]
+            if missing:
+                raise SslBenchError(f"splits/{split}.txt lists id '{image_id}' but {missing[0]} does not exist; "
+                                    f"remove the id or add its files under {self.base}")
+            found = [image_size(path, f"NYUv2 {folder}") for path, folder in zip(paths, FOLDERS)]
+            if len(set(found)) > 1:
+                shapes = ", ".join(f"{folder} {w}x{h}" for folder, (w, h) in zip(FOLDERS, found))
+                raise SslBenchError(f"image '{image_id}' of split '{split}' has files of different sizes "
+                                    f"({shapes}); image, normals and mask must match")
+            sizes.append(found[0])
+        return sizes
 
     def digest(self) -> str:
         if self._digest is None:

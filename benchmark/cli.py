@@ -131,10 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("what", choices=LISTABLE)
 
     make_data = commands.add_parser("make-data", help="write a small generated dataset in a real on-disk format")
-    make_data.add_argument("kind", metavar="KIND", help="voc, nyuv2, folder or places205")
+    make_data.add_argument("kind", metavar="KIND",
+                           help="voc, nyuv2, folder or places205; nyuv2-from-mat converts the official files")
     make_data.add_argument("--out", type=Path, required=True, metavar="DIR")
     make_data.add_argument("--seed", type=int, default=0)
     make_data.add_argument("--size", default=None, help="tiny or small (default: tiny)")
+    make_data.add_argument("--mat", type=Path, metavar="FILE",
+                           help="nyuv2-from-mat: nyu_depth_v2_labeled.mat (normals are computed from its depth)")
+    make_data.add_argument("--splits", type=Path, metavar="FILE", help="nyuv2-from-mat: the official splits.mat")
     return parser
 
 
@@ -262,7 +266,14 @@ def cmd_regress(args: argparse.Namespace) -> int:
 def cmd_make_data(args: argparse.Namespace) -> int:
     from benchmark.data.synthetic import make_data
 
-    path = make_data(args.kind, args.out, seed=args.seed, size=args.size)
+    if args.kind == "nyuv2-from-mat":
+        from benchmark.data.nyuv2 import convert_mat
+        if args.mat is None or args.splits is None:
+            raise SslBenchError("make-data nyuv2-from-mat needs --mat nyu_depth_v2_labeled.mat "
+                                "and --splits splits.mat")
+        path = convert_mat(args.mat, args.splits, args.out)
+    else:
+        path = make_data(args.kind, args.out, seed=args.seed, size=args.size)
     print(f"wrote {args.kind} data to {path}")
     return 0
 

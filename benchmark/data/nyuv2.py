@@ -143,3 +143,119 @@ class NyuV2(ImageDataset):
                     digest.add_files(self.base, self.paths(split, folder))
             self._digest = digest.hexdigest()
         return self._digest
+
+
+# ---------------------------------------------------------------- the official .mat files -> this layout
+
+# Kinect RGB intrinsics of the NYU Depth v2 toolbox (camera_params.m): fx, fy, cx, cy in pixels of 640x480
+NYU_INTRINSICS = (5.1885790117450188e+02, 5.1946961112127485e+02, 3.2558244941119034e+02, 2.5373616633400465e+02)
+_MAT_HINT = ("pass the official nyu_depth_v2_labeled.mat (MATLAB v7.3, an HDF5 file with 'images' and 'depths') "
+             "and splits.mat (trainNdxs, testNdxs)")
+
+
+def normals_from_depth(depth: np.ndarray, intrinsics: tuple[float, float, float, float] = NYU_INTRINSICS,
+                       smooth: int = 5, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Unit normals (H, W, 3) in camera coordinates (x right, y down, z forward, facing the camera) and a
+    mask, from a depth map in metres: back-project, box-filter the points over smooth x smooth pixels,
+    cross the central differences along x and y. Valid: finite positive depth at the pixel and its
+    4-neighbours (and `valid` when given, e.g. measured raw depth), not at the image border.
+
+    Not Ladicky et al.'s ground truth (normals fitted to local planes on their own depth processing): errors
+    against these normals are not comparable to published NYUv2 numbers.
+    """
+    from scipy import ndimage
+    height, width = depth.shape
+    fx, fy, cx, cy = intrinsics
+    scale_x, scale_y = width / 640, height / 480  # intrinsics are given for 640x480
+    v, u = np.mgrid[0:height, 0:width].astype(np.float64)
+    z = depth.astype(np.float64)
+    points = np.stack([(u - cx * scale_x) / (fx * scale_x) * z, (v - cy * scale_y) / (fy * scale_y) * z, z], -1)
+    good = np.isfinite(z) & (z > 0)
+    if smooth > 1:
+        points = np.stack([ndimage.uniform_filter(points[..., k], smooth, mode="nearest") for k in range(3)], -1)
+    along_x = np.zeros_like(points)
+    along_y = np.zeros_like(points)
+    along_x[:, 1:-1] = points[:, 2:] - points[:, :-2]
+    along_y[1:-1] = points[2:] - points[:-2]
+    normals = np.cross(along_x, along_y)  # x right, y down: away from the camera; turned below
+    length = np.linalg.norm(normals, axis=-1)
+    normals = normals / np.maximum(length, 1e-12)[..., None]
+    facing_away = (normals * points).sum(-1) > 0
+    normals[facing_away] *= -1
+    mask = good & (length > 0)
+    mask &= ndimage.minimum_filter(good.astype(np.uint8), size=3, mode="constant", cval=0).astype(bool)
+    if valid is not None:
+        mask &= valid
+    mask[[0, -1], :] = False
+    mask[:, [0, -1]] = False
+    return normals.astype(np.float32), mask
+
+
+def _read_splits(path: Path, n_images: int) -> dict[str, list[int]]:
+    """0-based image indices of train and test from splits.mat (1-based trainNdxs, testNdxs)."""
+    import scipy.io
+    try:
+        content = scipy.io.loadmat(str(path))
+    except (OSError, ValueError, NotImplementedError, TypeError) as error:
+        raise SslBenchError(f"cannot read splits file {path} ({error}); {_MAT_HINT}") from None
+    splits = {}
+    for split, key in (("train", "trainNdxs"), ("test", "testNdxs")):
+        if key not in content:
+            keys = sorted(k for k in content if not k.startswith("__"))
+            raise SslBenchError(f"splits file {path} has no '{key}' (it holds: {', '.join(keys) or 'nothing'}); "
+                                f"{_MAT_HINT}")
+        indices = np.asarray(content[key]).astype(np.int64).ravel()
+        bad = indices[(indices < 1) | (indices > n_images)]
+        if len(bad):
+            raise SslBenchError(f"splits file {path}: {key} names image {int(bad[0])}, but the .mat holds images "
+                                f"1..{n_images}")
+        splits[split] = sorted(set((indices - 1).tolist()))
+    return splits
+
+
+def convert_mat(mat: Path, splits: Path, out: Path, smooth: int = 5) -> Path:
+    """`ssl-bench make-data nyuv2-from-mat`: nyu_depth_v2_labeled.mat + splits.mat -> out/{images,normals,masks}/
+    ID.png and out/splits/{train,test}.txt, ID = the 1-based image number on 4 digits (0001..1449).
+
+    The .mat holds no surface normals: they are computed from 'depths' (normals_from_depth), masked to pixels
+    with measured depth ('rawDepths' > 0) when the file has it. They differ from Ladicky et al.'s ground truth
+    that published NYUv2 normal numbers use.
+    """
+    import h5py
+    from benchmark.data.synthetic import encode_normals
+    mat, out = Path(mat).expanduser(), Path(out).expanduser()
+    require_file(mat, "NYUv2 .mat file", _MAT_HINT)
+    require_file(Path(splits).expanduser(), "NYUv2 splits file", _MAT_HINT)
+    try:
+        handle = h5py.File(mat, "r")
+    except OSError as error:
+        raise SslBenchError(f"{mat} is not a MATLAB v7.3 (HDF5) file ({error}); {_MAT_HINT}") from None
+    with handle:
+        missing = [key for key in ("images", "depths") if key not in handle]
+        if missing:
+            raise SslBenchError(f"{mat} has no '{missing[0]}' (it holds: {', '.join(sorted(handle)) or 'nothing'}); "
+                                f"{_MAT_HINT}")
+        images, depths = handle["images"], handle["depths"]
+        raw = handle["rawDepths"] if "rawDepths" in handle else None
+        # MATLAB's column-major H x W x 3 x N reads as N x 3 x W x H; depths H x W x N as N x W x H
+        if images.ndim != 4 or images.shape[1] != 3 or depths.shape != (images.shape[0], *images.shape[2:]):
+            raise SslBenchError(f"{mat}: 'images' {images.shape} and 'depths' {depths.shape} are not the labelled "
+                                f"set's layout (N x 3 x W x H and N x W x H); {_MAT_HINT}")
+        if raw is not None and raw.shape != depths.shape:
+            raise SslBenchError(f"{mat}: 'rawDepths' {raw.shape} differs from 'depths' {depths.shape}; {_MAT_HINT}")
+        n_images = images.shape[0]
+        chosen = _read_splits(Path(splits).expanduser(), n_images)
+        for sub in ("images", "normals", "masks", "splits"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+        for k in sorted(set(chosen["train"]) | set(chosen["test"])):
+            image_id = f"{k + 1:04d}"
+            depth = np.asarray(depths[k]).T
+            measured = np.asarray(raw[k]).T > 0 if raw is not None else None
+            normals, mask = normals_from_depth(depth, smooth=smooth, valid=measured)
+            Image.fromarray(np.ascontiguousarray(np.asarray(images[k]).transpose(2, 1, 0))).save(
+                out / "images" / f"{image_id}.png")
+            Image.fromarray(encode_normals(normals)).save(out / "normals" / f"{image_id}.png")
+            Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / f"{image_id}.png")
+    for split, indices in chosen.items():
+        (out / "splits" / f"{split}.txt").write_text("".join(f"{k + 1:04d}\n" for k in indices))
+    return out

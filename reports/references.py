@@ -5,7 +5,7 @@ set such as "VOC07+12"), to the number; the key BEST means "the best tap" (or
 the whole fine-tuned network) where the source names no tap: such a value
 appears in the summary table only. Protocol and metric names are the ones
 ssl-bench records use (or will use, for protocols still to come: detection
-AP50/AP/AP75, surface_normals median_error/within_11.25, linear top1,
+AP50/AP/AP75, surface_normals median/within_11.25, linear top1,
 semi_supervised top5). `dataset` restricts a row to tables of that dataset;
 None shows it in every table of its protocol and metric.
 """
@@ -79,7 +79,7 @@ _NORMALS_ROWS = {
     "Jigsaw ImageNet-22k": (13.4, 43.7),
     "Jigsaw YFCC-100M": (13.1, 44.6),
 }
-_NORMALS = [row for i, metric in enumerate(("median_error", "within_11.25"))
+_NORMALS = [row for i, metric in enumerate(("median", "within_11.25"))
             for row in _goyal("surface_normals", metric, "nyuv2", (BEST,),
                               {name: (values[i],) for name, values in _NORMALS_ROWS.items()}, GOYAL,
                               "NYUv2 surface normals, res5 and head fine-tuned"
@@ -120,7 +120,7 @@ _OPENSELFSUP = [
 ]
 
 _OTHERS = [
-    ReferenceRow("surface_normals", "median_error", "Jigsaw RN50 (FAIR benchmark)", "resnet50", {BEST: 13.1},
+    ReferenceRow("surface_normals", "median", "Jigsaw RN50 (FAIR benchmark)", "resnet50", {BEST: 13.1},
                  FAIR_README, "NYUv2 surface normals, median angular error in degrees (lower is better)", "nyuv2"),
     ReferenceRow("linear", "top1", "Jigsaw IN-1k RN50, converted Goyal'19 (VISSL zoo)", "resnet50", {BEST: 46.58},
                  VISSL_ZOO, "ImageNet-1k linear evaluation, top-1"),

@@ -39,3 +39,10 @@ def resnet18_cifar_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "r18c.pth"
     torch.save(build_backbone("resnet18_cifar").state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def nyuv2_root(tmp_path_factory) -> Path:
+    from benchmark.data.synthetic import make_data
+
+    return make_data("nyuv2", tmp_path_factory.mktemp("nyuv2"), seed=0, size="tiny")

@@ -10,9 +10,10 @@ from benchmark.protocol import WHOLE_NETWORK, Protocol
 from benchmark.registry import DATASETS, PROTOCOLS
 from benchmark.runner import RunOptions, run
 
-TINY_DATASETS = ("voc2007", "folder")  # the first whose targets a protocol needs runs it
+TINY_DATASETS = ("voc2007", "folder", "nyuv2")  # the first whose targets a protocol needs runs it
 TARGETS = {"labels", "class_labels", "multilabel", "boxes", "normals"}
-FAST_SETTINGS = {"epochs": "1", "batch_size": "8"}  # for the protocols that train
+FAST_SETTINGS = {"epochs": "1", "batch_size": "4", "max_iter": "2", "head_channels": "32",
+                 "min_size": "96", "max_size": "128"}  # CPU-sized, for the protocols that train
 
 
 @pytest.mark.parametrize("name", PROTOCOLS.names())
@@ -32,10 +33,10 @@ def tiny_dataset_for(cls) -> str:
 
 
 @pytest.mark.parametrize("name", PROTOCOLS.names())
-def test_protocol_runs_on_tiny_data(name, tmp_path, folder_root, voc_root):
+def test_protocol_runs_on_tiny_data(name, tmp_path, folder_root, voc_root, nyuv2_root):
     cls = PROTOCOLS.get(name)
     dataset = tiny_dataset_for(cls)
-    root = folder_root if dataset == "folder" else voc_root
+    root = {"folder": folder_root, "voc2007": voc_root, "nyuv2": nyuv2_root}[dataset]
     fields = {field.name for field in dataclasses.fields(cls.Config)}
     overrides = {key: value for key, value in FAST_SETTINGS.items() if key in fields}
     record, path = run(RunOptions(checkpoint="random:resnet18_cifar", protocol=name, dataset=dataset,

@@ -12,8 +12,10 @@ from benchmark.runner import RunOptions, run
 
 TINY_DATASETS = ("voc2007", "folder", "nyuv2")  # the first whose targets a protocol needs runs it
 TARGETS = {"labels", "class_labels", "multilabel", "boxes", "normals"}
-FAST_SETTINGS = {"epochs": "1", "batch_size": "4", "max_iter": "2", "head_channels": "32",
-                 "min_size": "96", "max_size": "128"}  # CPU-sized, for the protocols that train
+FAST_SETTINGS = {"epochs": "1", "batch_size": "4", "max_iter": "2", "head_channels": "32", "min_size": "96",
+                 "max_size": "128", "test_size": "96", "rois_per_image": "16", "rpn_post_nms_train": "32",
+                 "rpn_post_nms_test": "16", "norm": "frozen", "warmup_iters": "1"}  # CPU-sized, for training protocols
+ARCH_FOR = {"detection": "resnet18"}  # a C4 backbone needs a stride-16 res4; the rest run the CIFAR stem at 32 px
 
 
 @pytest.mark.parametrize("name", PROTOCOLS.names())
@@ -39,7 +41,8 @@ def test_protocol_runs_on_tiny_data(name, tmp_path, folder_root, voc_root, nyuv2
     root = {"folder": folder_root, "voc2007": voc_root, "nyuv2": nyuv2_root}[dataset]
     fields = {field.name for field in dataclasses.fields(cls.Config)}
     overrides = {key: value for key, value in FAST_SETTINGS.items() if key in fields}
-    record, path = run(RunOptions(checkpoint="random:resnet18_cifar", protocol=name, dataset=dataset,
+    record, path = run(RunOptions(checkpoint=f"random:{ARCH_FOR.get(name, 'resnet18_cifar')}", protocol=name,
+                                  dataset=dataset, limit=4 if name == "detection" else None,
                                   data_root=root, taps=("res3", "res5avg"), results_dir=tmp_path,
                                   overrides=overrides))
     assert path.exists()

@@ -109,10 +109,10 @@ def test_a_missing_side_file_costs_the_marks_not_the_numbers(runner_results, tmp
 def synthetic(tmp_path: Path) -> Path:
     voc(tmp_path, "a", 50.0, 60.0)
     voc(tmp_path, "b", 55.0, 52.0)
-    write_record(tmp_path, "a", "surface_normals", {"res5": {"median_error": 15.0}, "res4": {"median_error": 18.0}},
-                 "median_error", dataset="nyuv2")
-    write_record(tmp_path, "b", "surface_normals", {"res5": {"median_error": 14.0}, "res4": {"median_error": 13.0}},
-                 "median_error", dataset="nyuv2")
+    write_record(tmp_path, "a", "surface_normals", {"res5": {"median": 15.0}, "res4": {"median": 18.0}},
+                 "median", dataset="nyuv2", declared={"median": False})
+    write_record(tmp_path, "b", "surface_normals", {"res5": {"median": 14.0}, "res4": {"median": 13.0}},
+                 "median", dataset="nyuv2", declared={"median": False})
     return tmp_path
 
 
@@ -244,6 +244,6 @@ def test_reference_rows_cover_every_published_table():
     assert references_for("knn") == []
     assert {r.metric for r in references_for("detection")} == {"AP", "AP50", "AP75"}
     assert len(references_for("detection", "AP50")) == 5 + 6
-    assert len(references_for("surface_normals", "median_error")) == 6
+    assert len(references_for("surface_normals", "median")) == 6
     assert len(references_for("linear", "top1")) == 7 and len(references_for("semi_supervised")) == 3
     assert all(r.source and r.checkpoint and r.values for r in REFERENCES)

@@ -50,7 +50,12 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class SeededAugmentation(torch.utils.data.Dataset):
-    """Wraps a dataset whose items are (image, index, ...): transform(image) runs under its own seeded RNG."""
+    """Wraps a dataset whose items are (image, index, ...): transform(image) runs under its own seeded RNG.
+
+    A transform with `takes_index = True` (per-image state, such as
+    ContrastiveCrop's boxes) is called as transform(image, index), with the
+    index the item carries (its place in the split, also under a Subset).
+    """
 
     def __init__(self, dataset: torch.utils.data.Dataset, transform: Callable[[Any], Any], seed: int) -> None:
         self.dataset = dataset
@@ -72,7 +77,8 @@ class SeededAugmentation(torch.utils.data.Dataset):
             torch.manual_seed(seed)
             random.seed(seed)
             try:
-                image = self.transform(image)
+                image = (self.transform(image, rest[0]) if getattr(self.transform, "takes_index", False)
+                         else self.transform(image))
             finally:
                 random.setstate(python_state)
         return (image, *rest)

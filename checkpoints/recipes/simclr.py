@@ -12,7 +12,7 @@ from benchmark.distributed import all_gather_with_grad, get_rank
 from benchmark.protocol import InputSpec
 from benchmark.registry import RECIPES
 from checkpoints.models import Backbone
-from checkpoints.recipes.augment import Views, simclr_augmentation
+from checkpoints.recipes.augment import CROPS, Views, bind_boxes, crop_boxes, simclr_augmentation
 from checkpoints.recipes.base import Recipe, RecipeConfig, RecipeModel, feature_dim, mlp, pooled
 
 
@@ -28,11 +28,14 @@ class SimclrConfig(RecipeConfig):
     temperature: float = 0.1
     projection_dim: int = 128
     color_strength: float = 1.0  # 0.5 on CIFAR in the paper
+    crop: str = "random"  # or "contrastive": ContrastiveCrop (Peng et al. 2022) in place of RandomResizedCrop
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.temperature > 0 or self.projection_dim < 1 or not self.color_strength >= 0:
             raise ValueError("temperature must be > 0, projection_dim >= 1 and color_strength >= 0")
+        if self.crop not in CROPS:
+            raise ValueError(f"crop: expected one of {', '.join(CROPS)}, got {self.crop!r}")
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -54,12 +57,17 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
 
 
 class SimclrModel(RecipeModel):
-    def __init__(self, trunk: Backbone, config: SimclrConfig) -> None:
+    def __init__(self, trunk: Backbone, config: SimclrConfig, dataset_size: int) -> None:
         super().__init__()
         self.trunk = trunk
         dim = feature_dim(trunk)
         self.projector = mlp([dim, dim, config.projection_dim])
         self.temperature = config.temperature
+        self.crop_boxes = crop_boxes(config.crop, dataset_size, config.epochs)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        if self.crop_boxes is not None:
+            self.crop_boxes.on_epoch_start(epoch, self.trunk)
 
     def forward(self, views: tuple[torch.Tensor, torch.Tensor], index: torch.Tensor) -> torch.Tensor:
         first, second = views
@@ -77,8 +85,11 @@ class Simclr(Recipe):
     Config = SimclrConfig
 
     def build(self, trunk: Backbone, config: SimclrConfig, dataset_size: int) -> SimclrModel:
-        return SimclrModel(trunk, config)
+        model = SimclrModel(trunk, config, dataset_size)
+        self.crop_boxes = model.crop_boxes  # what `views` crops by
+        return model
 
     def views(self, config: SimclrConfig, input_spec: InputSpec, dataset: Any) -> Views:
-        augment = simclr_augmentation(input_spec, color_strength=config.color_strength)
+        boxes = bind_boxes(getattr(self, "crop_boxes", None), config.crop, input_spec, dataset)
+        augment = simclr_augmentation(input_spec, color_strength=config.color_strength, boxes=boxes)
         return Views(augment, augment)

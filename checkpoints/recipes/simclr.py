@@ -41,9 +41,15 @@ class SimclrConfig(RecipeConfig):
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
     """NT-Xent of the local anchors against every view of the global batch (negatives from all processes).
 
-    z1[i] and z2[i] are the projections of two views of image i on this process.
+    z1[i] and z2[i] are the projections of two views of image i on this process. Computed in float32
+    even under autocast: bf16 similarities divided by a small temperature lose the ranking.
     """
-    z1, z2 = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
+    with torch.autocast(z1.device.type, enabled=False):
+        return _nt_xent_float32(z1.float(), z2.float(), temperature)
+
+
+def _nt_xent_float32(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
     every = torch.cat([all_gather_with_grad(z1), all_gather_with_grad(z2)])
     batch, total = len(z1), len(every) // 2
     offset = get_rank() * batch

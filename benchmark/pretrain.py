@@ -87,7 +87,9 @@ def pretrain(options: PretrainOptions, progress_factory: Callable[..., Any] | No
     input_spec = InputSpec(dataset.native_size or trunk.input_size, tuple(mean), tuple(std))
     recipe = recipe_cls()
     model = recipe.build(trunk, config, len(images))
-    data = SeededAugmentation(images, recipe.views(config, input_spec, dataset), seed=options.seed)
+    chosen = model.training_indices()  # the dataset items keep their index in the split
+    trained = images if chosen is None else torch.utils.data.Subset(images, chosen.tolist())
+    data = SeededAugmentation(trained, recipe.views(config, input_spec, dataset), seed=options.seed)
     config_dict = config_to_dict(config)
     identity = {"recipe": options.recipe, "recipe_version": recipe_cls.version, "arch": options.arch,
                 "dataset": dataset.digest(), "seed": options.seed,

@@ -79,6 +79,10 @@ class RecipeModel(nn.Module):
     def on_epoch_start(self, epoch: int) -> None:
         """Work a method does once per epoch before training on it (DeepCluster's clustering); none by default."""
 
+    def training_indices(self) -> torch.Tensor | None:
+        """The images of the training split the method trains on (Exemplar-CNN's seed images); None: all of them."""
+        return None
+
 
 class Recipe(ABC):
     """Base class of every pretraining recipe; register it with `@RECIPES.register(name)`."""

@@ -46,3 +46,12 @@ def nyuv2_root(tmp_path_factory) -> Path:
     from benchmark.data.synthetic import make_data
 
     return make_data("nyuv2", tmp_path_factory.mktemp("nyuv2"), seed=0, size="tiny")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module of tiny models: faster than two, and not slowed by a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -7,22 +7,12 @@ import json
 import pytest
 import torch
 
-from benchmark.cli import main
+from test_linear import run_cli
+from test_linear import user_error_line as error_line
 
 BASE = ["pretrain", "--recipe", "simclr", "--arch", "resnet18", "--workers", "0", "--epochs", "1"]
 
 
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def error_line(code: int, err: str) -> str:
-    assert code == 2 and "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("[ssl-bench]")]
-    assert len(lines) == 1 and lines[0].startswith("ssl-bench: error: "), err
-    return lines[0]
 
 
 def test_pretrained_checkpoint_is_read_by_run_as_it_is(tmp_path, capsys) -> None:

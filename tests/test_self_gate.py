@@ -74,17 +74,11 @@ def evaluate(checkpoint: Path, data: dict[str, Path], results: Path, cache: Path
                            cache_dir=cache, workers=0, seed=0))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The gate's models are tiny: one torch thread is faster than two (and not slowed by a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def gate(tmp_path_factory, one_thread) -> dict[str, Path]:
+def gate(tmp_path_factory, one_torch_thread) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("gate")
     paths = {"checkpoint": gate_checkpoint(root / "gate.pt"), "results": root / "results",
              "cache": root / "cache", **gate_data(root / "data")}

@@ -20,13 +20,7 @@ from protocols.surface_normals import JointAugment, NormalsNet, dilate
 FAST = ("--set", "epochs=8", "--set", "batch_size=4", "--set", "head_channels=64")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two intra-op threads on a shared 2-core machine spin against each other (10x slower); use one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from benchmark.errors import SslBenchError
 from benchmark.protocol import InputSpec
 from benchmark.registry import RECIPES
 from checkpoints.models import build_seeded
-from checkpoints.recipes.context_encoder import (ContextEncoderConfig, center_mask, masked_input, random_block_mask,
-                                                 reconstruction_loss)
+from checkpoints.recipes.context_encoder import (ContextEncoderConfig, adversarial_losses, center_mask, masked_input,
+                                                 masked_region, random_block_mask, reconstruction_loss)
 
 
 def test_center_mask_is_the_configured_square() -> None:
@@ -84,7 +84,64 @@ def test_masked_pixels_do_not_reach_the_encoder() -> None:
         assert float(model((changed, mask), torch.arange(4))) != float(model((image, mask), torch.arange(4)))
 
 
-def test_adversarial_term_is_refused_with_a_clear_error() -> None:
-    assert ContextEncoderConfig().adversarial is False
-    with pytest.raises(SslBenchError, match="adversarial term .* not implemented"):
-        build_config(ContextEncoderConfig, {"adversarial": "true"}, owner="recipe 'context_encoder'")
+def test_adversarial_losses_match_the_float64_formula() -> None:
+    generator = torch.Generator().manual_seed(8)
+    real, fake, fixed = (torch.randn(6, generator=generator) * 3 for _ in range(3))
+    disc, gen = adversarial_losses(real, fake, fixed)
+    r, f, g = (t.double() for t in (real, fake, fixed))
+    sigmoid = lambda t: 1 / (1 + torch.exp(-t))  # noqa: E731
+    expected_disc = (-torch.log(sigmoid(r)) - torch.log(1 - sigmoid(f))).mean()
+    expected_gen = -torch.log(sigmoid(g)).mean()
+    torch.testing.assert_close(disc.double(), expected_disc, rtol=1e-6, atol=0)
+    torch.testing.assert_close(gen.double(), expected_gen, rtol=1e-6, atol=0)
+
+
+def test_adversarial_joint_loss_matches_the_float64_formula() -> None:
+    recipe = RECIPES.get("context_encoder")()
+    config = build_config(recipe.Config, {"adversarial": "true", "discriminator_width": "8"}, owner="test")
+    assert (config.lambda_rec, config.lambda_adv) == (0.999, 0.001)
+    torch.manual_seed(0)
+    model = recipe.build(build_seeded("resnet18", seed=0), config, dataset_size=4).eval()
+    image = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    mask = center_mask(32, 0.5).expand(4, 1, 32, 32)
+    loss, parts = model((image, mask), torch.arange(4))
+    prediction = model.reconstruct(image, mask).double()
+    rec = ((prediction - image.double()).pow(2) * mask).sum() / (mask.sum() * 3)
+    discriminator = model.discriminator.double()
+    real_logit, fake_logit = discriminator(image.double()[..., 8:24, 8:24]), discriminator(prediction[..., 8:24, 8:24])
+    disc = (torch.nn.functional.softplus(-real_logit) + torch.nn.functional.softplus(fake_logit)).mean()
+    gen = torch.nn.functional.softplus(-fake_logit).mean()
+    model.float()
+    torch.testing.assert_close(parts["reconstruction"].double(), rec, rtol=1e-5, atol=0)
+    torch.testing.assert_close(parts["discriminator"].double(), disc, rtol=1e-5, atol=0)
+    torch.testing.assert_close(parts["generator"].double(), gen, rtol=1e-5, atol=0)
+    torch.testing.assert_close(loss.double(), 0.999 * rec + 0.001 * gen + disc, rtol=1e-5, atol=0)
+
+
+def test_adversarial_gradients_keep_the_two_players_apart() -> None:
+    recipe = RECIPES.get("context_encoder")()
+    config = build_config(recipe.Config, {"adversarial": "true", "discriminator_width": "8"}, owner="test")
+    torch.manual_seed(0)
+    model = recipe.build(build_seeded("resnet18", seed=0), config, dataset_size=4).eval()  # BN stats fixed
+    image = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    mask = center_mask(32, 0.5).expand(4, 1, 32, 32)
+    model((image, mask), torch.arange(4))[0].backward()
+    joint = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    prediction = model.reconstruct(image, mask)
+    fake = prediction[..., 8:24, 8:24]
+    softplus = torch.nn.functional.softplus
+    disc = (softplus(-model.discriminator(image[..., 8:24, 8:24])) + softplus(model.discriminator(fake.detach()))).mean()
+    model.discriminator.requires_grad_(False)
+    gen = softplus(-model.discriminator(fake)).mean()
+    model.discriminator.requires_grad_(True)
+    (disc + 0.999 * reconstruction_loss(prediction, image, mask) + 0.001 * gen).backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(joint[name], p.grad, rtol=1e-4, atol=1e-8, msg=name)
+
+
+def test_masked_region_is_the_centre_square_and_grows_tiny_regions() -> None:
+    images = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).reshape(2, 3, 32, 32)
+    mask = center_mask(32, 0.5).expand(2, 1, 32, 32)
+    assert torch.equal(masked_region(images, mask), images[..., 8:24, 8:24])
+    assert masked_region(images, center_mask(32, 0.1).expand(2, 1, 32, 32)).shape == (2, 3, 8, 8)

@@ -82,9 +82,15 @@ def stop_after(batches: int):
     return progress
 
 
-@pytest.mark.parametrize("name", RECIPES.names())
-def test_resume_after_interruption_writes_identical_weights(name: str, tmp_path) -> None:
-    settings = {key: str(value) for key, value in small_settings(name).items()}
+VARIANTS = {"context_encoder": [{"adversarial": "true", "discriminator_width": "8"}]}  # options adding heads
+RESUME_CASES = [(name, {}) for name in RECIPES.names()] + [
+    (name, extra) for name, extras in VARIANTS.items() for extra in extras]
+
+
+@pytest.mark.parametrize(("name", "extra"), RESUME_CASES, ids=[
+    "-".join([name, *(f"{k}={v}" for k, v in extra.items())]) for name, extra in RESUME_CASES])
+def test_resume_after_interruption_writes_identical_weights(name: str, extra: dict, tmp_path) -> None:
+    settings = {**{key: str(value) for key, value in small_settings(name).items()}, **extra}
     options = dict(recipe=name, dataset="fashion_mnist", arch=ARCH, epochs=2, limit=128,
                    overrides={**settings, "save_every": "2"}, workers=0)
     straight = pretrain(PretrainOptions(out=tmp_path / "a", **options))

@@ -17,10 +17,21 @@ around the mask (in the context the encoder sees), weighted `overlap_weight`
 the loss is then the weighted squared error averaged over mask and band.
 Off by default, so the loss reads masked pixels only.
 
-Not implemented: the adversarial term (off by default in this recipe;
-`--set adversarial=true` is refused) and the channel-wise fully connected
-layer between AlexNet's pool5 and the decoder, which spreads information over
-the whole map; a ResNet's res5 already sees the whole image.
+With `adversarial=true` (off by default, as in the paper's feature-learning
+runs) a small DCGAN-style discriminator judges the reconstructed region (the
+bounding box of the batch's masks: the centre square, or most of the image for
+random blocks) against the real one, and the loss is the paper's joint
+lambda_rec * L_rec + lambda_adv * L_adv (0.999 / 0.001), L_adv the
+non-saturating generator loss -log D(fake). The discriminator is a head of
+the model, trained in the same step on its own loss
+-log D(real) - log(1 - D(fake)) (fake detached, so it never moves the
+generator; the generator's term reads the discriminator through detached
+weights, so it never moves the discriminator): one optimiser updating both
+at once instead of the paper's alternating D-then-G updates.
+
+Not implemented: the channel-wise fully connected layer between AlexNet's pool5
+and the decoder, which spreads information over the whole map; a ResNet's res5
+already sees the whole image.
 """
 
 from __future__ import annotations
@@ -61,13 +72,15 @@ class ContextEncoderConfig(RecipeConfig):
     overlap: int = 0  # pixels of context around the mask that are predicted too (the paper's code: 4 at 128 px)
     overlap_weight: float = 10.0  # loss weight of that band
     decoder_width: int = 512  # channels of the first transposed conv, halved by each next one (at least 32)
-    adversarial: bool = False  # the paper's adversarial term: not implemented
+    adversarial: bool = False  # the paper's adversarial term (a discriminator on the reconstructed region)
+    lambda_rec: float = 0.999  # weight of the reconstruction loss when adversarial
+    lambda_adv: float = 0.001  # weight of the generator's adversarial loss
+    discriminator_width: int = 64  # channels of the discriminator's first conv, doubled by each next one
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.adversarial:
-            raise ValueError("adversarial: the adversarial term (a discriminator trained against the decoder) is not "
-                             "implemented in this recipe; train with the reconstruction loss alone (adversarial=false)")
+        if not self.lambda_rec >= 0 or not self.lambda_adv >= 0 or self.discriminator_width < 1:
+            raise ValueError("lambda_rec and lambda_adv must be >= 0 and discriminator_width >= 1")
         if self.mask not in MASKS:
             raise ValueError(f"mask: expected one of {', '.join(MASKS)}, got {self.mask!r}")
         if not 0 < self.mask_size < 1 or not 0 < self.mask_area < 1 or not 0 < self.block_size < 1:
@@ -141,21 +154,73 @@ class InpaintingDecoder(nn.Module):
         return out
 
 
+class Discriminator(nn.Module):
+    """DCGAN-style: 4x4 stride-2 convs (LeakyReLU 0.2, BN after the first), a 1-channel conv, spatial mean -> logit."""
+
+    def __init__(self, width: int, depth: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for i in range(depth):
+            out = width << i
+            layers.append(nn.Conv2d(channels, out, 4, stride=2, padding=1, bias=i == 0))
+            if i:
+                layers.append(nn.BatchNorm2d(out))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            channels = out
+        layers.append(nn.Conv2d(channels, 1, 3, padding=1))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, region: torch.Tensor) -> torch.Tensor:
+        return self.layers(region).mean(dim=(1, 2, 3))
+
+
+def masked_region(images: torch.Tensor, mask: torch.Tensor, least: int = 8) -> torch.Tensor:
+    """The images inside the bounding box of every mask in the batch (B, 1, H, W), resized up to `least` px a side."""
+    rows = mask.amax(dim=(0, 1, 3)).nonzero()
+    cols = mask.amax(dim=(0, 1, 2)).nonzero()
+    region = images[..., int(rows[0]):int(rows[-1]) + 1, int(cols[0]):int(cols[-1]) + 1]
+    if min(region.shape[-2:]) < least:
+        size = tuple(max(side, least) for side in region.shape[-2:])
+        region = F.interpolate(region, size=size, mode="bilinear", align_corners=False)
+    return region
+
+
+def adversarial_losses(real_logits: torch.Tensor, fake_logits: torch.Tensor,
+                       fake_logits_fixed_d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(discriminator loss -log D(real) - log(1 - D(fake)), generator loss -log D(fake)), batch means."""
+    real_logits, fake_logits, fixed = real_logits.float(), fake_logits.float(), fake_logits_fixed_d.float()
+    disc = (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+    return disc, F.binary_cross_entropy_with_logits(fixed, torch.ones_like(fixed))
+
+
 class ContextEncoderModel(RecipeModel):
     def __init__(self, trunk: Backbone, config: ContextEncoderConfig) -> None:
         super().__init__()
         self.trunk = trunk
         self.config = config
         self.decoder = InpaintingDecoder(trunk.tap("res5").channels, trunk.tap("res5").stride, config.decoder_width)
+        self.discriminator = Discriminator(config.discriminator_width) if config.adversarial else None
 
     def reconstruct(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         res5 = self.trunk.forward_taps(masked_input(image, mask), ["res5"])["res5"]
         return self.decoder(res5, image.shape[-2:])
 
-    def forward(self, views: tuple[torch.Tensor, torch.Tensor], index: torch.Tensor) -> torch.Tensor:
+    def forward(self, views: tuple[torch.Tensor, torch.Tensor],
+                index: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         image, mask = views
-        return reconstruction_loss(self.reconstruct(image, mask), image, mask, self.config.overlap,
-                                   self.config.overlap_weight)
+        prediction = self.reconstruct(image, mask)
+        rec = reconstruction_loss(prediction, image, mask, self.config.overlap, self.config.overlap_weight)
+        if self.discriminator is None:
+            return rec
+        fake = masked_region(prediction * mask + image * (1 - mask), mask)
+        real = masked_region(image, mask)
+        fixed = {name: p.detach() for name, p in self.discriminator.named_parameters()}
+        disc, gen = adversarial_losses(self.discriminator(real), self.discriminator(fake.detach()),
+                                       torch.func.functional_call(self.discriminator, fixed, (fake,)))
+        loss = self.config.lambda_rec * rec + self.config.lambda_adv * gen + disc
+        return loss, {"reconstruction": rec.detach(), "generator": gen.detach(), "discriminator": disc.detach()}
 
 
 class ImageAndMask:

@@ -136,6 +136,16 @@ def correctness(correct: Any, dataset_digest: str | None = None, ids: Any = None
     return Correctness(array.astype(bool), dataset_digest, None if ids is None else tuple(map(str, ids)))
 
 
+def unpack_correct(bits: Any, n_images: Any) -> np.ndarray:
+    """The 0/1 correctness of n_images images from its np.packbits form; ValueError when the sizes disagree."""
+    bits = np.asarray(bits)
+    size_ok = isinstance(n_images, int) and n_images > 0 and bits.shape == (-(-n_images // 8),)
+    if not size_ok or not np.issubdtype(bits.dtype, np.integer) or bits.min() < 0 or bits.max() > 255:
+        raise ValueError(f"packed correctness of {n_images!r} images: expected {n_images!r}/8 bytes (0..255) "
+                         f"rounded up, got shape {bits.shape} of {bits.dtype}")
+    return np.unpackbits(bits.astype(np.uint8), count=n_images)
+
+
 def ranking(scores: Any, labels: Any, dataset_digest: str | None = None, ids: Any = None) -> Ranking:
     """Checked Ranking from (N, C) scores and labels in {1, 0, -1}."""
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
@@ -304,16 +314,21 @@ def evidence_for(record: dict[str, Any], tap: str, metric: str,
                  array: Callable[[Any], np.ndarray] = np.asarray) -> Correctness | Ranking | None:
     """The per-image evidence a record keeps for (tap, metric), or None.
 
-    Read by shape, not by protocol name: details.per_image[tap] = {k, correct_top1}
-    backs top1_k{k}; details.per_image[tap] = {metric, correct} backs that metric; details.per_image = {tap, scores, labels, ids} (one dict of
-    per-class arrays each) backs mAP of that tap. `array` turns a stored value
-    (a list, an array, or a reference into the record's side file) into an array.
+    Read by shape, not by protocol name: details.per_image[tap] = {n_images,
+    correct_bits: {metric: uint8}} backs each metric it names (np.packbits of
+    the 0/1 correctness, kNN); {k, correct_top1} (kNN before packed bits)
+    backs top1_k{k}; {metric, correct} backs that metric; details.per_image =
+    {tap, scores, labels, ids} (one dict of per-class arrays each) backs mAP of
+    that tap. `array` turns a stored value (a list, an array, or a reference
+    into the record's side file) into an array.
     """
     per_image = (record.get("details") or {}).get("per_image")
     digest = record.get("dataset", {}).get("digest")
     if not isinstance(per_image, dict):
         return None
     entry = per_image.get(tap)
+    if isinstance(entry, dict) and isinstance(entry.get("correct_bits"), dict) and metric in entry["correct_bits"]:
+        return correctness(unpack_correct(array(entry["correct_bits"][metric]), entry["n_images"]), digest)
     if isinstance(entry, dict) and "correct" in entry and metric == entry.get("metric"):
         ids = entry.get("ids")
         return correctness(array(entry["correct"]), digest, None if ids is None else array(ids))

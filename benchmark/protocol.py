@@ -88,8 +88,8 @@ class ProtocolResult:
 
     details holds JSON values and numpy arrays; the store puts the arrays (per-image
     scores, say) in the record's side file. Per-image evidence the reports can
-    bootstrap: details.per_image[tap] = {k, correct_top1} or details.per_image =
-    {tap, ids, scores, labels} (see benchmark.bootstrap.evidence_for).
+    bootstrap: details.per_image[tap] = {n_images, correct_bits: {metric: packed 0/1}}
+    or details.per_image = {tap, ids, scores, labels} (see benchmark.bootstrap.evidence_for).
     """
 
     metrics: dict[str, dict[str, float]]

@@ -21,7 +21,6 @@ from benchmark.features import check_features
 from benchmark.protocol import FeatureSet, MetricSpec, Protocol, ProtocolResult, RunContext
 from benchmark.registry import PROTOCOLS
 
-PER_IMAGE_LIMIT = 20000
 GPU_MAX_K = 2048  # faiss GPU flat search selects at most this many neighbours
 
 
@@ -199,9 +198,7 @@ class KnnProtocol(Protocol):
             "splits": {"train": train_split, "test": test_split},
             "ks_clipped": {t: r["ks_clipped"] for t, r in per_tap.items() if r["ks_clipped"]},
             "search": {t: r["search"] for t, r in per_tap.items()},
-            "per_image": {t: {"k": r["per_image"]["k"],
-                              "correct_top1": np.asarray(r["per_image"]["correct_top1"], dtype=np.int8)}
-                          for t, r in per_tap.items() if r["per_image"]},
+            "per_image": {t: block for t, r in per_tap.items() if (block := _per_image_arrays(r["per_image"]))},
         }
         return ProtocolResult({t: r["metrics"] for t, r in per_tap.items()}, details)
 
@@ -223,21 +220,27 @@ class KnnProtocol(Protocol):
             sims, idx = knn.kneighbors(Q[start:stop])
             for k in config.ks:
                 ranks[k][start:stop] = true_class_rank(knn.vote(sims, idx, k), q_labels[start:stop])
-        metrics: dict[str, float] = {}
-        for k in config.ks:
-            metrics[f"top1_k{k}"] = 100.0 * float(np.mean(ranks[k] < 1))
-            metrics[f"top5_k{k}"] = 100.0 * float(np.mean(ranks[k] < 5))
-        per_image = None
-        if len(Q) <= PER_IMAGE_LIMIT:  # at the primary K, the number reports put intervals on
-            k = primary_k(config)
-            per_image = {"k": k, "correct_top1": (ranks[k] < 1).astype(int).tolist()}
+        correct = {f"top{n}_k{k}": ranks[k] < n for k in config.ks for n in (1, 5)}
         return {
-            "metrics": metrics,
+            "metrics": {name: 100.0 * float(np.mean(hits)) for name, hits in correct.items()},
             "ks_clipped": {str(k): knn.k_ for k in config.ks if k > knn.k_},
             "search": {"index": "IndexFlatIP", "device": knn.device_,
                        "n_train": len(X), "n_test": len(Q)},
-            "per_image": per_image,
+            "per_image": {"n_images": len(Q),
+                          "correct_bits": {name: np.packbits(hits).tolist() for name, hits in correct.items()}},
         }
+
+
+def _per_image_arrays(per_image: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A tap's per-image block as the record keeps it: every metric's correctness packed in uint8 bits.
+
+    None for a partial state of an older release (no packed bits): that tap gets no intervals.
+    """
+    if not per_image or "correct_bits" not in per_image:
+        return None
+    return {"n_images": per_image["n_images"],
+            "correct_bits": {name: np.asarray(bits, dtype=np.uint8)
+                             for name, bits in per_image["correct_bits"].items()}}
 
 
 def _checked(fs: FeatureSet, tap: str, split: str) -> tuple[np.ndarray, np.ndarray]:

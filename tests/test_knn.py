@@ -10,6 +10,7 @@ import pytest
 from fakes import fake_context
 import torch
 
+from benchmark.bootstrap import evidence_for
 from benchmark.config import build_config
 from benchmark.errors import SslBenchError
 from benchmark.protocol import RunContext
@@ -171,7 +172,8 @@ def test_protocol_on_separated_clusters(tmp_path) -> None:
     assert result.details["ks_clipped"] == {}
     assert result.details["search"]["res5avg"]["index"] == "IndexFlatIP"
     per_image = result.details["per_image"]["res5avg"]
-    assert per_image["k"] == 20 and per_image["correct_top1"].tolist() == [1] * 100
+    assert per_image["n_images"] == 100 and list(per_image["correct_bits"]) == list(metrics)
+    assert all(bits.tolist() == [255] * 12 + [0b11110000] for bits in per_image["correct_bits"].values())  # 100 ones
 
 
 def test_protocol_numbers_match_brute_force(tmp_path) -> None:
@@ -188,9 +190,25 @@ def test_protocol_numbers_match_brute_force(tmp_path) -> None:
         top5 = 100 * np.mean([q_labels[i] in ref[i, :5] for i in range(60)])
         assert result.metrics["res4"][f"top1_k{k}"] == pytest.approx(top1)
         assert result.metrics["res4"][f"top5_k{k}"] == pytest.approx(top5)
-    primary = result.details["per_image"]["res4"]
-    primary_top1 = result.metrics["res4"][f"top1_k{primary['k']}"]
-    assert 100 * np.mean(primary["correct_top1"]) == pytest.approx(primary_top1)
+        record = {"dataset": {"digest": "d"}, "details": result.details}
+        np.testing.assert_array_equal(evidence_for(record, "res4", f"top1_k{k}").correct, ref[:, 0] == q_labels)
+        np.testing.assert_array_equal(evidence_for(record, "res4", f"top5_k{k}").correct,
+                                      (ref[:, :5] == q_labels[:, None]).any(1))
+
+
+def test_per_image_correctness_is_kept_packed_above_20000_test_images(tmp_path) -> None:
+    """Places205 / ImageNet-val sizes keep per-image results (1 bit per image and metric), so they get intervals."""
+    rng = np.random.default_rng(6)
+    X, y = rng.standard_normal((40, 4)).astype(np.float32), np.arange(40) % 8
+    Q, q_labels = rng.standard_normal((20_003, 4)).astype(np.float32), rng.integers(0, 8, 20_003)
+    ctx = make_ctx(tmp_path, ["res5avg"], {"train": (X, y), "test": (Q, q_labels)})
+    result = KnnProtocol().run(ctx, KnnConfig(ks=(3,), chunk_size=4096))
+    bits = result.details["per_image"]["res5avg"]["correct_bits"]
+    assert {name: (b.dtype, b.shape) for name, b in bits.items()} == {
+        "top1_k3": (np.uint8, (2501,)), "top5_k3": (np.uint8, (2501,))}
+    record = {"dataset": {"digest": "d"}, "details": result.details}
+    for name, value in result.metrics["res5avg"].items():
+        assert evidence_for(record, "res5avg", name).point() == pytest.approx(value)
 
 
 def test_protocol_few_classes_and_small_bank(tmp_path) -> None:
@@ -208,8 +226,8 @@ def test_resume_skips_finished_taps(tmp_path) -> None:
     second = KnnProtocol().run(ctx, KnnConfig(ks=(5, 10)))
     assert calls == [("train", ("res5avg",)), ("test", ("res5avg",))]
     assert second.metrics["res4"] == first.metrics["res4"]
-    np.testing.assert_array_equal(second.details["per_image"]["res4"]["correct_top1"],
-                                  first.details["per_image"]["res4"]["correct_top1"])
+    for name, bits in first.details["per_image"]["res4"]["correct_bits"].items():
+        np.testing.assert_array_equal(second.details["per_image"]["res4"]["correct_bits"][name], bits)
     assert set(second.metrics) == {"res4", "res5avg"}
 
 

@@ -49,13 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--arch", metavar="ARCH", help="architecture when the file does not name it")
     run.add_argument("--format", dest="checkpoint_format", metavar="NAME",
                      help="checkpoint format, overriding detection: native, torchvision, timm, vissl, "
-                          "moco, dino, dino_student, prefixed (BYOL/solo-learn/lightly), sequential, detectron2")
+                          "moco, dino, dino_student, prefixed (BYOL/solo-learn/lightly), sequential, detectron2 "
+                          "(detectron2_c2 / detectron2_torchvision: stride in the 1x1 / 3x3 conv)")
     run.add_argument("--name", metavar="NAME", help="name of the checkpoint in results and reports")
     run.add_argument("--seed", type=int, default=0, help="seed for everything random (default: 0)")
     run.add_argument("--batch-size", type=int, default=64, help="images per forward (default: 64)")
     run.add_argument("--workers", type=int, default=2, help="data loading processes (default: 2)")
     run.add_argument("--limit", type=int, metavar="N",
-                     help="use only the first N images of each split (quick runs; recorded)")
+                     help="use N images of each split, classes taking turns, drawn with --seed (quick runs; recorded)")
     run.add_argument("--cache", type=Path, metavar="DIR",
                      help="feature cache (default: $SSL_BENCH_CACHE/features or ~/.cache/ssl-bench/features)")
     run.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     pretrain.add_argument("--workers", type=int, default=2, help="data loading processes (default: 2)")
-    pretrain.add_argument("--limit", type=int, metavar="N", help="use only the first N training images")
+    pretrain.add_argument("--limit", type=int, metavar="N", help="use N training images, classes taking turns, drawn with --seed")
     pretrain.add_argument("--eval-every", type=int, default=0, metavar="N",
                           help="kNN check (res5avg, K=20) every N epochs, logged (default: never)")
     pretrain.add_argument("--eval-protocol", default="knn", choices=("knn",), help="the check's protocol")
@@ -166,6 +167,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, disable=None, **kwargs)
 
     record, path = run(options, progress_factory=progress, log=_log)
+    for note in record["checkpoint"].get("meta", {}).get("notes", []):
+        print(f"checkpoint: {note}")
     if args.json:  # as stored: per-image arrays are references into the record's side file
         print(json.dumps(split_arrays(record)[0], indent=2, sort_keys=True))
     else:

@@ -162,8 +162,33 @@ class NativeFormat(FormatLoader):
         return Extracted(state, ignored, meta=header, arch=arch)
 
 
+# `__author__` of a detectron2 file (lower-case prefix) -> MODEL.RESNETS.STRIDE_IN_1X1 of the weights it holds:
+# MSRA/Caffe2 (Detectron) ResNets put the stride in the 1x1 conv; torchvision ones, and MoCo's converter
+# (whose detection configs set STRIDE_IN_1X1 False), in the 3x3.
+_STRIDE_IN_1X1_BY_AUTHOR = {"msra": True, "caffe2": True, "detectron": True, "torchvision": False, "moco": False}
+_STRIDE_HINT = ("--format detectron2_c2 (MSRA/Caffe2 weights, stride in the 1x1 conv: detectron2's R-50.pkl and "
+                "models fine-tuned from it) or --format detectron2_torchvision (stride in the 3x3 conv: torchvision "
+                "or MoCo-converted weights, configs with MODEL.RESNETS.STRIDE_IN_1X1 False)")
+
+
+def _stride_in_1x1(obj: Any, forced: bool | None, fmt: str) -> tuple[bool, str]:
+    """Where the bottleneck stride sits, and the evidence: the chosen format, else the file's `__author__`."""
+    if forced is not None:
+        return forced, f"--format {fmt}"
+    author = str(obj.get("__author__", ""))
+    for prefix, value in _STRIDE_IN_1X1_BY_AUTHOR.items():
+        if author.lower().startswith(prefix):
+            return value, f"__author__ {author!r}"
+    said = f"its __author__ {author!r} is not one ssl-bench knows" if author else "it has no __author__"
+    raise SslBenchError(f"a detectron2 checkpoint, but {said}, so where its ResNet puts the bottleneck "
+                        f"stride is unknown; name it: {_STRIDE_HINT}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Detectron2Format(LayoutFormat):
-    """detectron2 R50 (`model` dict, backbone.bottom_up./backbone./bare keys); honours STRIDE_IN_1X1."""
+    """detectron2 R50 (`model` dict, backbone.bottom_up./backbone./bare keys); STRIDE_IN_1X1 from evidence or forced."""
+
+    stride_in_1x1: bool | None = None  # None: decide from the file's __author__, refuse without evidence
 
     def extract(self, obj: Any) -> Extracted:
         extracted = super().extract(obj)
@@ -175,9 +200,11 @@ class Detectron2Format(LayoutFormat):
             moved = {k for k in extracted.ignored if k.startswith(res5)}
             extracted.state.update({_detectron2_to_torchvision("res5." + k[len(res5):]): container[k] for k in moved})
             extracted.ignored = [k for k in extracted.ignored if k not in moved]
-        author = str(obj.get("__author__", "")) if isinstance(obj, Mapping) else ""
-        stride_in_1x1 = not author.lower().startswith("torchvision")
-        extracted.meta = {"stride_in_1x1": stride_in_1x1, "author": author or None}
+        stride_in_1x1, evidence = _stride_in_1x1(obj, self.stride_in_1x1, self.name)
+        where = "1x1" if stride_in_1x1 else "3x3"
+        extracted.meta = {"stride_in_1x1": stride_in_1x1, "author": str(obj.get("__author__", "")) or None,
+                          "notes": [f"detectron2 ResNet built with the bottleneck stride in the {where} conv "
+                                    f"(from {evidence})"]}
         extracted.build_kwargs = {"stride_in_1x1": stride_in_1x1}
         return extracted
 
@@ -196,10 +223,14 @@ _BUILTIN_FORMATS: tuple[FormatLoader, ...] = (
                  (("teacher",),), ("module.backbone.", "backbone.")),
     LayoutFormat("dino_student", 21, "DINO: a 'student' dict with 'module.backbone.' or 'backbone.' keys",
                  (("student",),), ("module.backbone.", "backbone.")),
-    Detectron2Format("detectron2", 30, "detectron2: 'model' dict with 'backbone.bottom_up.stem.conv1.weight', "
-                     "'backbone.stem...' or bare 'stem.conv1.weight' keys",
-                     (("model",), ()), ("backbone.bottom_up.", "backbone.", ""), ("stem.conv1.weight",),
-                     _detectron2_to_torchvision),
+    *(Detectron2Format(name, 30 + i, "detectron2: 'model' dict with 'backbone.bottom_up.stem.conv1.weight', "
+                       f"'backbone.stem...' or bare 'stem.conv1.weight' keys; {stride}",
+                       (("model",), ()), ("backbone.bottom_up.", "backbone.", ""), ("stem.conv1.weight",),
+                       _detectron2_to_torchvision, forced)
+      for i, (name, forced, stride) in enumerate((
+          ("detectron2", None, "stride placement from __author__"),
+          ("detectron2_c2", True, "stride in the 1x1 conv (MSRA/Caffe2 weights)"),
+          ("detectron2_torchvision", False, "stride in the 3x3 conv (torchvision/MoCo weights)")))),
     LayoutFormat("prefixed", 40, "BYOL / solo-learn / lightly / mmselfsup: trunk keys under 'backbone.', "
                  "'encoder.' or 'online_network.encoder.' (optionally in 'state_dict')",
                  _PLAIN, ("module.backbone.", "backbone.", "module.encoder.", "encoder.",
@@ -289,6 +320,14 @@ def _top_keys(obj: Any) -> str:
     return ", ".join(keys) + (", ..." if isinstance(obj, Mapping) and len(obj) > _SHOWN else "")
 
 
+def _extract_with(loader: FormatLoader, obj: Any, source: str) -> Extracted:
+    """loader.extract(obj), its refusals prefixed with the file they are about."""
+    try:
+        return loader.extract(obj)
+    except SslBenchError as error:
+        raise SslBenchError(f"{source}: {error}") from None
+
+
 def extract(obj: Any, fmt: str | None, source: str) -> tuple[FormatLoader, Extracted]:
     """Run the named format loader, or the first whose detect() accepts `obj`."""
     if not isinstance(obj, Mapping):
@@ -298,11 +337,11 @@ def extract(obj: Any, fmt: str | None, source: str) -> tuple[FormatLoader, Extra
         if not loader.detect(obj):
             raise SslBenchError(f"{source} is not a '{fmt}' checkpoint: expected {loader.description}; "
                                 f"its top-level keys: {_top_keys(obj)}")
-        return loader, loader.extract(obj)
+        return loader, _extract_with(loader, obj, source)
     loaders = sorted((FORMATS.get(n) for n in FORMATS.names()), key=lambda ld: ld.priority)
     for loader in dict.fromkeys(loaders):
         if loader.detect(obj):
-            return loader, loader.extract(obj)
+            return loader, _extract_with(loader, obj, source)
     raise SslBenchError(f"{source}: no known checkpoint layout (top-level keys: {_top_keys(obj)}); "
                         f"name one with --format ({', '.join(FORMATS.names())})")
 

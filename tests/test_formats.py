@@ -163,6 +163,61 @@ def test_detectron2_msra_weights_are_built_with_stride_in_1x1(tmp_path):
     assert_weights_equal(loaded.backbone, state)
 
 
+def detectron2_file(tmp_path: Path, **extra: object) -> tuple[Path, State]:
+    """A ResNet-50 trunk in detectron2 names, plus `extra` top-level keys (e.g. __author__)."""
+    torch.manual_seed(0)
+    state = build_backbone("resnet50").state_dict()
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": {to_detectron2(k): v for k, v in state.items() if "num_batches" not in k}, **extra}, path)
+    return path, state
+
+
+def stride_in_1x1(loaded) -> bool:
+    conv1, conv2 = loaded.backbone.layer2[0].conv1.stride, loaded.backbone.layer2[0].conv2.stride
+    assert {conv1, conv2} == {(1, 1), (2, 2)}
+    return conv1 == (2, 2)
+
+
+@pytest.mark.parametrize("extra, said", [({}, "it has no __author__"),
+                                         ({"__author__": "someone"}, "its __author__ 'someone' is not one")])
+def test_detectron2_without_evidence_of_the_stride_is_refused_with_the_choices(tmp_path, extra, said):
+    path, _ = detectron2_file(tmp_path, **extra)
+    for call in (load_checkpoint, inspect_checkpoint):
+        with pytest.raises(SslBenchError, match=rf"^{re.escape(str(path))}: a detectron2 checkpoint, but {said}.*"
+                                                r"--format detectron2_c2 .*--format detectron2_torchvision"):
+            call(str(path))
+
+
+@pytest.mark.parametrize("author", ["torchvision", "MOCO"])
+def test_detectron2_torchvision_and_moco_weights_put_the_stride_in_the_3x3(tmp_path, author):
+    path, state = detectron2_file(tmp_path, __author__=author, matching_heuristics=True)
+    loaded = load_checkpoint(str(path))
+    assert not stride_in_1x1(loaded) and loaded.meta["stride_in_1x1"] is False
+    assert loaded.meta["notes"] == [f"detectron2 ResNet built with the bottleneck stride in the 3x3 conv "
+                                    f"(from __author__ '{author}')"]
+    assert_weights_equal(loaded.backbone, state)
+
+
+@pytest.mark.parametrize("fmt, in_1x1", [("detectron2_c2", True), ("detectron2_torchvision", False)])
+def test_detectron2_stride_named_by_the_format_wins(tmp_path, fmt, in_1x1):
+    path, state = detectron2_file(tmp_path)
+    loaded = load_checkpoint(str(path), fmt=fmt)
+    assert stride_in_1x1(loaded) is in_1x1 and loaded.format == fmt
+    assert f"(from --format {fmt})" in loaded.meta["notes"][0]
+    assert_weights_equal(loaded.backbone, state)
+
+
+def test_run_prints_the_stride_choice(capsys, tmp_path, folder_root):
+    from tests.test_cli import knn_args, run_cli
+
+    path, _ = detectron2_file(tmp_path)
+    code, out, err = run_cli(capsys, *knn_args(str(path), folder_root, tmp_path / "r", "--format",
+                                               "detectron2_torchvision", "--no-cache"))
+    assert code == 0, err
+    assert ("checkpoint: detectron2 ResNet built with the bottleneck stride in the 3x3 conv "
+            "(from --format detectron2_torchvision)") in out.splitlines()
+
+
 def test_alexnet_state_dict_is_recognised(tmp_path):
     torch.manual_seed(0)
     state = torchvision.models.alexnet(weights=None).state_dict()
@@ -372,4 +427,4 @@ def test_inspect_reports_partial_matches_without_raising(r18, tmp_path):
 
 def test_format_registry_lists_every_layout():
     assert {"native", "torchvision", "timm", "vissl", "moco", "dino", "dino_student", "prefixed", "sequential",
-            "detectron2"} == set(FORMATS.names())
+            "detectron2", "detectron2_c2", "detectron2_torchvision"} == set(FORMATS.names())

@@ -25,6 +25,7 @@ from benchmark import __version__
 from benchmark.accel import resolve_device
 from benchmark.bootstrap import precompute
 from benchmark.config import build_config, config_digest, config_to_dict
+from benchmark.data.published import published_as
 from benchmark.errors import SslBenchError
 from benchmark.protocol import WHOLE_NETWORK, FeatureSet, InputSpec, MetricSpec, Protocol, RunContext
 from benchmark.registry import DATASETS, PROTOCOLS
@@ -168,7 +169,7 @@ def run(options: RunOptions, progress_factory: Callable[..., Any] | None = None,
                      "metrics": [spec.to_json() for spec in metric_specs]},
         "config": config_dict,
         "config_digest": digest,
-        "dataset": {**dataset_info, "name": dataset_name},
+        "dataset": {**dataset_info, "name": dataset_name, "published": published_as(dataset, dataset_name)},
         "taps": list(taps),
         "preprocessing": {**input_spec.describe(), "transform": transform_id,
                           "pooling": {tap: extractor.pooling(tap).describe() for tap in taps}},

@@ -12,6 +12,7 @@ import dataclasses
 import io
 import re
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,7 @@ from matplotlib.figure import Figure
 
 from benchmark.record import WHOLE_NETWORK
 from reports.records import RecordSet
-from reports.references import BEST, references_for
+from reports.references import BEST, shown_references
 
 LOWSHOT_MEAN = re.compile(r"^mAP_k(\d+)_mean$")
 LOWSHOT_STD = r"mAP_k\d+_std"
@@ -67,7 +68,6 @@ def lowshot_curves(records: RecordSet, references: bool = False,
     std_of = dict(zip(zip(stds["path"], stds["tap"], stds["metric"]), stds["value"]))
     plots = []
     for variant, rows in lowshot.groupby("variant", sort=True):
-        protocol = str(rows["protocol"].iloc[0])
         fig, ax = _figure()
         all_ks: set[int] = set()
         sources: set[str] = set()
@@ -85,7 +85,7 @@ def lowshot_curves(records: RecordSet, references: bool = False,
             ax.fill_between(ks, mean - std, mean + std, color=color, alpha=0.18, linewidth=0)
             all_ks.update(ks.tolist())
         if references:
-            refs = _lowshot_references(protocol, records.variants[variant]["dataset"])
+            refs = _lowshot_references(records.variants[variant])
             for r, (name, source, curve) in enumerate(refs):
                 ks = sorted(curve)
                 ax.plot(ks, [curve[k] for k in ks], **_reference_style(r), label=_text(f"ref: {name}"))
@@ -113,9 +113,8 @@ def tap_profiles(records: RecordSet, references: bool = False,
     primary = frame[frame["primary"] & (frame["tap"] != WHOLE_NETWORK)]
     plots = []
     for variant, rows in primary.groupby("variant", sort=True):
-        protocol = str(rows["protocol"].iloc[0])
         metric = str(rows["metric"].iloc[0])
-        refs = _tap_references(protocol, metric, records.variants[variant]["dataset"]) if references else []
+        refs = _tap_references(records.variants[variant], metric) if references else []
         taps = merge_orders([_taps(records.records[path]) for path in rows["path"].unique()]
                             + [list(values) for _, _, values in refs])
         position = {tap: i for i, tap in enumerate(taps)}
@@ -152,21 +151,21 @@ def merge_orders(orders: Iterable[Sequence[str]]) -> list[str]:
     return merged
 
 
-def _lowshot_references(protocol: str, dataset: str) -> list[tuple[str, str, dict[int, float]]]:
-    """(checkpoint, source, {k: mAP}) of the published low-shot rows (one value per k, at one tap)."""
+def _lowshot_references(settings: dict[str, Any]) -> list[tuple[str, str, dict[int, float]]]:
+    """(checkpoint, source, {k: mAP}) of the published low-shot rows shown beside a variant (one value per k)."""
     curves: dict[tuple[str, str], dict[int, float]] = {}
-    for row in references_for(protocol, dataset=dataset):
+    for row in shown_references(settings)[0]:
         match = LOWSHOT_MEAN.match(row.metric)
         if match and len(row.values) == 1:
             curves.setdefault((row.checkpoint, row.source), {})[int(match.group(1))] = next(iter(row.values.values()))
     return [(name, source, curve) for (name, source), curve in curves.items()]
 
 
-def _tap_references(protocol: str, metric: str, dataset: str) -> list[tuple[str, str, dict[str, float]]]:
-    """(checkpoint, source, {tap: value}) of the published per-tap rows ('best tap' values left out)."""
+def _tap_references(settings: dict[str, Any], metric: str) -> list[tuple[str, str, dict[str, float]]]:
+    """(checkpoint, source, {tap: value}) of the published per-tap rows shown beside a variant ('best tap' left out)."""
     rows = []
-    for row in references_for(protocol, metric, dataset):
-        values = {tap: value for tap, value in row.values.items() if tap != BEST}
+    for row in shown_references(settings, metric)[0]:
+        values = {tap: value for tap, value in row.values.items() if tap not in (BEST, WHOLE_NETWORK)}
         if values:
             rows.append((row.checkpoint, row.source, values))
     return rows

@@ -53,8 +53,10 @@ class RecordSet:
       higher_is_better (object dtype) is True, False or None (a spread: never ranked).
     records: path -> parsed record (only the records that passed validation).
     variants: variant label -> the settings that define it (protocol, version,
-      config, dataset, dataset_digest, primary_metric). The run seed is not a setting:
-      it only seeds random:ARCH weights, which the checkpoint's own identity covers.
+      config, dataset, dataset_digest, primary_metric), plus `published`: the record's
+      verdict on whether its data is the published dataset (None in older records). The run
+      seed is not a setting: it only seeds random:ARCH weights, which the checkpoint's own
+      identity covers.
     skipped: path -> why that file was skipped.
     directions: (variant, metric) -> higher_is_better as the newest record of the variant declares it.
     """
@@ -160,12 +162,14 @@ def record_variant_labels(records: dict[str, dict[str, Any]]
     by_protocol: dict[str, dict[str, dict[str, Any]]] = {}
     key_of: dict[str, str] = {}
     primary: dict[str, str] = {}
+    published: dict[str, dict[str, Any] | None] = {}
     for path, record in records.items():
         settings = variant_settings(record)
         key = config_digest(settings)
         key_of[path] = key
         by_protocol.setdefault(settings["protocol"], {})[key] = settings
         primary[key] = record["protocol"]["primary_metric"]
+        published[key] = record["dataset"].get("published")
     label_of: dict[str, str] = {}
     variants: dict[str, dict[str, Any]] = {}
     for protocol in sorted(by_protocol):
@@ -173,7 +177,7 @@ def record_variant_labels(records: dict[str, dict[str, Any]]
         labels = _labels(protocol, keyed)
         for key in sorted(keyed, key=labels.__getitem__):
             label_of[key] = labels[key]
-            variants[labels[key]] = {**keyed[key], "primary_metric": primary[key]}
+            variants[labels[key]] = {**keyed[key], "primary_metric": primary[key], "published": published[key]}
     return {path: label_of[key] for path, key in key_of.items()}, variants
 
 

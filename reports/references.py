@@ -6,13 +6,19 @@ the whole fine-tuned network) where the source names no tap: such a value
 appears in the summary table only. Protocol and metric names are the ones
 ssl-bench records use (or will use, for protocols still to come: detection
 AP50/AP/AP75, surface_normals median/within_11.25, linear top1,
-semi_supervised top5). `dataset` restricts a row to tables of that dataset;
-None shows it in every table of its protocol and metric.
+semi_supervised top5). `dataset` is the dataset the row was measured on (the
+ssl-bench dataset name, "imagenet" where ssl-bench has no reader): a row is
+shown only beside results whose record says their data is that dataset
+(benchmark.data.published: image counts and ids, no --limit, no generated
+data); `shown_references` gives the rows or why they are left out.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
+
+from benchmark.record import WHOLE_NETWORK
 
 BEST = "best"
 
@@ -38,10 +44,10 @@ class ReferenceRow:
     values: dict[str, float]
     source: str
     note: str = ""
-    dataset: str | None = None
+    dataset: str = ""
 
 
-def _goyal(protocol: str, metric: str, dataset: str | None, columns: tuple[str, ...],
+def _goyal(protocol: str, metric: str, dataset: str, columns: tuple[str, ...],
            rows: dict[str, tuple[float, ...]], source: str, note: str) -> list[ReferenceRow]:
     return [ReferenceRow(protocol, metric, f"{name} (Goyal et al. 2019)", "resnet50", dict(zip(columns, values)),
                          source, note, dataset) for name, values in rows.items()]
@@ -64,13 +70,17 @@ _PLACES = _goyal("places205_linear", "top1", "places205", RES_TAPS, {
     "Jigsaw YFCC-100M": (10.25, 29.67, 39.57, 44.87, 38.22),
 }, GOYAL, "Places205 linear classifier per layer, val top-1")
 
-_FAST_RCNN = _goyal("detection", "AP50", None, ("VOC07+12", "VOC07"), {
+_FAST_RCNN_ROWS = {
     "ImageNet supervised": (76.2, 70.5),
     "Places supervised": (74.5, 67.2),
     "Jigsaw ImageNet-1k": (68.3, 61.4),
     "Jigsaw ImageNet-22k": (75.4, 69.2),
     "Jigsaw YFCC-100M": (73.3, 66.6),
-}, GOYAL, "Fast R-CNN R50 fine-tuned, VOC07 test mAP; columns = training set")
+}
+_FAST_RCNN = [row for i, (dataset, trained_on) in enumerate((("voc0712", "VOC07+12"), ("voc2007", "VOC07")))
+              for row in _goyal("detection", "AP50", dataset, (WHOLE_NETWORK,),
+                                {name: (values[i],) for name, values in _FAST_RCNN_ROWS.items()}, GOYAL,
+                                f"Fast R-CNN R50 fine-tuned on {trained_on} trainval, VOC07 test mAP")]
 
 _NORMALS_ROWS = {
     "ImageNet supervised": (17.1, 36.1),
@@ -89,16 +99,17 @@ _NORMALS = [row for i, metric in enumerate(("median", "within_11.25"))
 _PIRL_ROWS = {"Supervised": (52.6, 81.1, 57.4), "Jigsaw": (48.9, 75.1, 52.9), "Rotation": (46.3, 72.5, 49.3),
               "NPID++": (52.3, 79.1, 56.9), "PIRL": (54.0, 80.7, 59.7), "MoCo": (55.2, 81.4, 61.2)}
 _PIRL = [ReferenceRow("detection", metric, f"{name} (Misra & van der Maaten 2020)", "resnet50",
-                      {"VOC07+12": values[i]}, PIRL, "Faster R-CNN R50-C4 trained on VOC07+12, VOC07 test")
+                      {WHOLE_NETWORK: values[i]}, PIRL, "Faster R-CNN R50-C4 trained on VOC07+12, VOC07 test",
+                      "voc0712")
          for i, metric in enumerate(("AP", "AP50", "AP75")) for name, values in _PIRL_ROWS.items()]
 
 _SIMCLR_LINEAR = [ReferenceRow("linear", "top1", f"{name} (Chen et al. 2020)", "resnet50", {BEST: value},
-                               f"{SIMCLR}, Table 6", "ImageNet linear evaluation, top-1")
+                               f"{SIMCLR}, Table 6", "ImageNet linear evaluation, top-1", "imagenet")
                   for name, value in {"Local Agg.": 60.2, "MoCo": 60.6, "PIRL": 63.6, "CPC v2": 63.8,
                                       "SimCLR": 69.3}.items()]
 _SIMCLR_SEMI = [ReferenceRow("semi_supervised", "top5", f"{name} (Chen et al. 2020)", "resnet50",
                              {"1% labels": one, "10% labels": ten}, f"{SIMCLR}, Table 7",
-                             "ImageNet fine-tuned on 1% / 10% of the labels, top-5")
+                             "ImageNet fine-tuned on 1% / 10% of the labels, top-5", "imagenet")
                 for name, (one, ten) in {"SimCLR": (75.5, 87.8), "PIRL": (57.2, 83.8),
                                          "InstDisc": (39.2, 77.4)}.items()]
 
@@ -123,9 +134,9 @@ _OTHERS = [
     ReferenceRow("surface_normals", "median", "Jigsaw RN50 (FAIR benchmark)", "resnet50", {BEST: 13.1},
                  FAIR_README, "NYUv2 surface normals, median angular error in degrees (lower is better)", "nyuv2"),
     ReferenceRow("linear", "top1", "Jigsaw IN-1k RN50, converted Goyal'19 (VISSL zoo)", "resnet50", {BEST: 46.58},
-                 VISSL_ZOO, "ImageNet-1k linear evaluation, top-1"),
+                 VISSL_ZOO, "ImageNet-1k linear evaluation, top-1", "imagenet"),
     ReferenceRow("linear", "top1", "Colorization IN-1k RN50, converted Goyal'19 (VISSL zoo)", "resnet50",
-                 {BEST: 40.11}, VISSL_ZOO, "ImageNet-1k linear evaluation, top-1"),
+                 {BEST: 40.11}, VISSL_ZOO, "ImageNet-1k linear evaluation, top-1", "imagenet"),
 ]
 
 REFERENCES: list[ReferenceRow] = [*_VOC07, *_PLACES, *_FAST_RCNN, *_NORMALS, *_PIRL, *_SIMCLR_LINEAR,
@@ -133,7 +144,18 @@ REFERENCES: list[ReferenceRow] = [*_VOC07, *_PLACES, *_FAST_RCNN, *_NORMALS, *_P
 
 
 def references_for(protocol: str, metric: str | None = None, dataset: str | None = None) -> list[ReferenceRow]:
-    """Published rows of a protocol (and metric; and dataset, where a row names one), in source order."""
+    """Published rows of a protocol (and metric; and the dataset they were measured on), in source order."""
     return [row for row in REFERENCES
             if row.protocol == protocol and (metric is None or row.metric == metric)
-            and (dataset is None or row.dataset is None or row.dataset == dataset)]
+            and (dataset is None or row.dataset == dataset)]
+
+
+def shown_references(settings: dict[str, Any], metric: str | None = None) -> tuple[list[ReferenceRow], str]:
+    """(rows to show beside one variant's results, why its rows are left out or ''), from the variant's settings
+    (protocol, dataset, and `published`: the record's verdict on whether its data is the published dataset)."""
+    rows = references_for(settings["protocol"], metric, settings["dataset"])
+    published = settings.get("published") or {}
+    if not rows or published.get("as") == settings["dataset"]:
+        return rows, ""
+    why = published.get("why") or "recorded before ssl-bench compared data with the published datasets; rerun"
+    return [], f"Published {settings['dataset']} rows left out: {why}."

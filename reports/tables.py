@@ -48,7 +48,7 @@ import pandas as pd
 from benchmark.bootstrap import ALPHA, EVIDENCE, N_BOOT, SEED, Bootstrap, aligned
 from benchmark.record import WHOLE_NETWORK
 from reports.records import RecordSet, as_direction
-from reports.references import BEST, ReferenceRow, references_for
+from reports.references import BEST, ReferenceRow, shown_references
 from reports.uncertainty import Uncertainty
 
 TAP_ORDER = ("conv1", "conv2", "conv3", "conv4", "conv5", "res2", "res3", "res4", "res5", "res5avg")
@@ -126,7 +126,7 @@ def _protocol_table(records: RecordSet, cache: Uncertainty, rows: pd.DataFrame, 
     if std_metric is not None:
         std_rows = rows[rows["metric"] == std_metric]
         spread = std_rows.pivot(index="checkpoint", columns="tap", values="value").reindex_like(values)
-    refs = _references(references, settings, metric)
+    refs, left_out = _references(references, settings, metric)
     ref_rows = {_ref_label(ref, values.index): {k: v for k, v in ref.values.items() if k != BEST} for ref in refs}
     ref_rows = {label: v for label, v in ref_rows.items() if v}
     columns = tap_order(sorted(set(values.columns) | {c for v in ref_rows.values() for c in v}))
@@ -150,7 +150,7 @@ def _protocol_table(records: RecordSet, cache: Uncertainty, rows: pd.DataFrame, 
         _settings_text(settings, metric),
         _bold_text("tap of each row", {metric: higher}),
         _marks_text(intervals, cache, spread is not None),
-        _sources_text(shown, chosen["checkpoint"].unique())]))
+        _sources_text(shown, chosen["checkpoint"].unique()), left_out]))
     return Table(title=f"{variant}: {metric}", caption=caption, values=values, bold=bold, not_worse=not_worse,
                  intervals=intervals, metric=metric, variant=variant, spread=spread,
                  reference_rows=set(ref_rows), sources={_ref_label(r, chosen["checkpoint"].unique()): r.source
@@ -183,10 +183,13 @@ def summary_table(records: RecordSet, references: bool = False, n_boot: int = N_
         for name in ("values", "spread", "notes", "evidence", "intervals"))
     ref_cells: dict[str, dict[str, tuple[float, str]]] = {}
     shown: dict[str, ReferenceRow] = {}
+    left_out: list[str] = []
     for variant in variants:
         settings = records.variants[variant]
         metric = settings["primary_metric"]
-        for ref in _references(references, settings, metric):
+        refs, why = _references(references, settings, metric)
+        left_out += [f"{variant}: {why}"] if why else []
+        for ref in refs:
             label = _ref_label(ref, checkpoints)
             ref_cells.setdefault(label, {})[variant] = _best_reference_value(ref, records.direction(variant, metric))
             shown[label] = ref
@@ -211,7 +214,7 @@ def summary_table(records: RecordSet, references: bool = False, n_boot: int = N_
         f"Primary metric of each protocol variant at each checkpoint's best tap (named in the cell): {metrics}.",
         _bold_text("checkpoint of each column", higher),
         _marks_text(intervals, cache, bool(spread.notna().to_numpy().any())),
-        _sources_text(list(shown.values()), checkpoints)]))
+        _sources_text(list(shown.values()), checkpoints), *left_out]))
     return Table(title="Summary: best tap per protocol", caption=caption, values=values.astype(float), bold=bold,
                  not_worse=not_worse, intervals=intervals, metric="primary", variant="",
                  spread=spread if spread.notna().to_numpy().any() else None, cell_notes=notes,
@@ -235,8 +238,9 @@ def _std_of(metric: str) -> str | None:
     return metric[:-len("_mean")] + "_std" if metric.endswith("_mean") else None
 
 
-def _references(wanted: bool, settings: dict[str, Any], metric: str) -> list[ReferenceRow]:
-    return references_for(settings["protocol"], metric, settings["dataset"]) if wanted else []
+def _references(wanted: bool, settings: dict[str, Any], metric: str) -> tuple[list[ReferenceRow], str]:
+    """(published rows to show, why rows are left out or '') when references are wanted."""
+    return shown_references(settings, metric) if wanted else ([], "")
 
 
 def _ref_label(ref: ReferenceRow, checkpoints: Any) -> str:

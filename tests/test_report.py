@@ -18,6 +18,7 @@ from benchmark.runner import RunOptions, run
 from reports.plots import lowshot_curves, merge_orders, tap_profiles
 from reports.records import load_records
 from reports.report import FORMATS, build_report
+from tests.test_published import claim_published
 
 XSS = "<img src=x onerror=alert(1)>"
 MATH = "_$x^2$ net"  # mathtext and a legend-hiding leading underscore
@@ -164,7 +165,12 @@ def test_names_are_escaped_everywhere_in_html(report):
 def test_references_rows_carry_their_source_only_when_asked(results, report, tmp_path):
     out, _, _ = report
     assert "published" not in (out / "report.md").read_text()
-    written = build_report([results], tmp_path, formats=["md", "csv", "html"], references=True)
+    build_report([results], tmp_path / "generated", formats=["md"], references=True)
+    assert "(published)" not in (tmp_path / "generated" / "report.md").read_text()
+    assert "Published voc2007 rows left out" in (tmp_path / "generated" / "report.md").read_text()
+    shutil.copytree(results, tmp_path / "real")
+    claim_published(tmp_path / "real")
+    written = build_report([tmp_path / "real"], tmp_path, formats=["md", "csv", "html"], references=True)
     md = (tmp_path / "report.md").read_text()
     assert "*ImageNet supervised (Goyal et al. 2019)* (published)" in md
     assert "arXiv 1905.01235" in md and "OpenSelfSup" in md
@@ -207,11 +213,13 @@ def test_bad_input_raises_one_line_user_errors(results, tmp_path):
     assert FORMATS == ("md", "html", "csv", "tex")
 
 
-def test_plots_render_odd_names_and_leave_no_pyplot_figures(results):
+def test_plots_render_odd_names_and_leave_no_pyplot_figures(results, tmp_path):
     import matplotlib.pyplot as plt
 
+    shutil.copytree(results, tmp_path / "real")
+    claim_published(tmp_path / "real")
     before = plt.get_fignums()
-    records = load_records([results])
+    records = load_records([tmp_path / "real"])
     plots = tap_profiles(records, references=True, formats=("png", "svg")) + lowshot_curves(records, True)
     assert plt.get_fignums() == before
     assert [p.name for p in plots] == ["taps-knn", "taps-lowshot", "taps-voc07_svm", "lowshot-lowshot"]

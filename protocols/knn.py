@@ -166,7 +166,7 @@ class KnnProtocol(Protocol):
     version = "1"
     Config = KnnConfig
     default_dataset = "fashion_mnist"
-    default_taps = ("res5avg",)
+    default_taps = "last"  # the arch's pooled global feature: res5avg on a ResNet, conv5 on AlexNet
     needs = ("class_labels",)
 
     def metrics(self, config: KnnConfig, dataset: Any) -> tuple[MetricSpec, ...]:
@@ -186,9 +186,12 @@ class KnnProtocol(Protocol):
         for tap in ctx.taps:
             if f"tap:{tap}" in ctx.state:
                 ctx.log(f"knn: tap {tap} done in an earlier run; reusing it")
-                continue
-            train = _checked(ctx.features(train_split, [tap]), tap, train_split)
-            test = _checked(ctx.features(test_split, [tap]), tap, test_split)
+        pending = [tap for tap in ctx.taps if f"tap:{tap}" not in ctx.state]
+        if pending:  # one trunk forward per split serves every pending tap
+            train_set, test_set = ctx.features(train_split, pending), ctx.features(test_split, pending)
+        for tap in pending:
+            train = _checked(train_set, tap, train_split)
+            test = _checked(test_set, tap, test_split)
             ctx.state.put(f"tap:{tap}", self._run_tap(ctx, config, tap, train, test))
         per_tap = {tap: ctx.state.get(f"tap:{tap}") for tap in ctx.taps}
         details: dict[str, Any] = {

@@ -231,6 +231,16 @@ def test_resume_skips_finished_taps(tmp_path) -> None:
     assert set(second.metrics) == {"res4", "res5avg"}
 
 
+def test_every_tap_comes_from_one_extraction_per_split(tmp_path) -> None:
+    """One trunk forward serves all taps (the extractor computes every asked tap in one pass)."""
+    splits = {"train": clusters(4, 25, 8, 1), "test": clusters(4, 5, 8, 2)}
+    calls: list = []
+    result = KnnProtocol().run(make_ctx(tmp_path, ["res3", "res4", "res5avg"], splits, calls=calls),
+                               KnnConfig(ks=(5,)))
+    assert calls == [("train", ("res3", "res4", "res5avg")), ("test", ("res3", "res4", "res5avg"))]
+    assert set(result.metrics) == {"res3", "res4", "res5avg"}
+
+
 @pytest.mark.parametrize("bad, split, message", [
     ("nan", "test", "tap 'res5avg' on split 'test' are NaN/Inf"),
     ("empty", "train", "split 'train' has no images"),
@@ -252,7 +262,7 @@ def test_protocol_metadata() -> None:
     assert KnnProtocol.name == "knn" and KnnProtocol.version == "1"
     assert KnnProtocol.Config is KnnConfig
     assert KnnProtocol.default_dataset == "fashion_mnist"
-    assert KnnProtocol.default_taps == ("res5avg",)
+    assert KnnProtocol.default_taps == "last"
     assert KnnProtocol.needs == ("class_labels",)
     specs = KnnProtocol().metrics(KnnConfig(ks=(10, 20)), None)
     assert [spec.name for spec in specs] == ["top1_k10", "top5_k10", "top1_k20", "top5_k20"]

@@ -27,7 +27,9 @@ random third), fits on the rest, and takes the cost with the highest mean
 held-out mAP; the reported numbers are the full-sample fits at that cost.
 k < 3 has no held-out positive, so there the cost is selected on test, noted in
 details. Ties go to the first cost in grid order. std is over samples with
-ddof=0 (numpy's default, as FAIR and VISSL).
+ddof=0 (numpy's default, as FAIR and VISSL). solver as in voc07_svm; per k,
+columns_over_liblinear_cap counts the (sample, class) fits at the chosen cost
+that liblinear stops (or may stop) at its iteration cap.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from benchmark.protocol import MetricSpec, Protocol, ProtocolResult, RunContext
 from benchmark.registry import PROTOCOLS
 from protocols.metrics import average_precision, mean_average_precision
 from protocols.svm_common import (check_multilabel, check_svm_fields, class_names, first_best, make_svm,
-                                  nan_to_none, resolve_costs, scores_at, splits_of, take_tap)
+                                  nan_to_none, resolve_costs, scores_at, solver_details, splits_of, take_tap)
 
 SAMPLING = ("numpy.random.default_rng(key).choice(rows, n, replace=False); key [sample_seed, sample, k, class, 1|0] "
             "for a multilabel class's positives|negatives, [sample_seed, sample, k, class] for a multiclass class")
@@ -60,7 +62,7 @@ class LowshotConfig:
     select: Literal["test", "heldout"] = "test"  # FAIR picks the cost on the test set
     costs: Literal["vissl", "fair"] = "vissl"  # cost grid; custom_costs overrides it when non-empty
     custom_costs: tuple[float, ...] = ()
-    solver: Literal["batched", "sklearn"] = "batched"
+    solver: Literal["batched", "liblinear"] = "batched"
     pos_weight: float = 2.0
     neg_weight: float = 1.0
     tol: float = 1e-4
@@ -158,8 +160,8 @@ class LowshotProtocol(Protocol):
         test = ctx.features(test_split, pending_taps or ctx.taps[:1])
         plan = self._plan(ctx, config, np.asarray(train.labels), np.asarray(test.labels), train_split, test_split)
         for tap in ctx.progress(pending_taps, desc="lowshot taps", total=len(pending_taps)):
-            X, _ = take_tap(train, tap, train_split, self.name)
-            Q, _ = take_tap(test, tap, test_split, self.name)
+            X, _ = take_tap(train, tap, train_split, self.name, config.solver)
+            Q, _ = take_tap(test, tap, test_split, self.name, config.solver)
             if X.shape[1] != Q.shape[1]:
                 raise SslBenchError(f"lowshot: tap '{tap}' has {X.shape[1]} dims on the train split but "
                                     f"{Q.shape[1]} on the test split; clear the feature cache and rerun")
@@ -179,7 +181,7 @@ class LowshotProtocol(Protocol):
             "task": plan["task"],
             "cost_selected_on": config.select,
             "heldout": HELDOUT if config.select == "heldout" else None,
-            "solver": config.solver,
+            **solver_details(config.solver),
             "cost_grid": grid,
             "costs": list(costs),
             "cost_tie_break": "first in grid order",
@@ -297,6 +299,7 @@ class LowshotProtocol(Protocol):
         return {
             "metrics": metrics,
             "cost": costs[best],
+            "columns_over_liblinear_cap": int(svm.over_cap_[best].sum()),
             "cost_selected_on": selection,
             "test_mAP_by_cost": (100.0 * test_map.mean(0)).tolist(),
             "heldout_mAP_by_cost": None if heldout_by_cost is None else nan_to_none(100.0 * heldout_by_cost),

@@ -16,14 +16,16 @@ exact line search on the piecewise quadratic (Keerthi & DeCoste 2005),
 warm-started from the previous cost; converged problems leave the batch, and
 columns stop moving in CG as soon as their own residual is small enough.
 
-Memory, beyond X: the float64 eigendecomposition (two r x r or (D + 1)^2
-matrices, 16 bytes per entry, done in place on the host) while the basis is
-built, then F (float32, N x r) and a few MB of scratch while solving.
+Everything runs on the solver's device (torch), the eigendecomposition too
+except on the CPU, where scipy's in-place one is faster and smaller. Memory,
+beyond X: the float64 eigendecomposition (two r x r or (D + 1)^2 matrices, 16
+bytes per entry, in place on the host; torch.linalg.eigh's workspace on a
+GPU) while the basis is built, then F (float32, N x r) and a few MB of scratch
+while solving.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -31,7 +33,8 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from benchmark.errors import SslBenchError
+from benchmark.errors import SslBenchError, did_you_mean
+from protocols.svm_liblinear import SETTINGS, fit_liblinear, over_cap_bound
 
 MAX_NEWTON = 100  # Newton steps per cost; a well-posed problem needs far fewer
 MAX_CG = 200  # CG steps per Newton step
@@ -43,26 +46,30 @@ CG_RTOL = 0.01  # inexact Newton: CG stops at this fraction of the gradient norm
 # in all: the Newton steps it saves at large C are worth more than the extra CG steps)
 GRAM_ROWS = 256  # rows per float32 block of a Gram matrix on its way into the float64 one
 SCRATCH_FLOATS = 1 << 20  # the preconditioner's scratch: a few MB, reused from step to step
+# device types whose eigendecomposition runs in scipy on the host: in place (half the memory of
+# torch.linalg.eigh's divide and conquer) and ~1.5x faster on the CPU; CUDA uses torch.linalg.eigh
+HOST_EIGH = ("cpu",)
 
 
-def normalize_features(X: np.ndarray) -> np.ndarray:
-    """PROTOCOLS.md's SVM normalisation: float32 rows x / (||x||_2 + 1e-5)."""
+def normalize_features(X: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """PROTOCOLS.md's SVM normalisation, in float64: rows x / (||x||_2 + 1e-5), returned as dtype."""
     X = np.asarray(X)
     if X.ndim != 2:
         raise SslBenchError(f"features: expected a 2-D array (samples, dims), got shape {X.shape}; "
                             "flatten or pool them first")
     X64 = X.astype(np.float64, copy=False)
-    return (X64 / (np.linalg.norm(X64, axis=1, keepdims=True) + 1e-5)).astype(np.float32)
+    return (X64 / (np.linalg.norm(X64, axis=1, keepdims=True) + 1e-5)).astype(dtype, copy=False)
 
 
 class BatchedLinearSVC:
     """One-vs-rest linear SVMs (squared hinge, L2, penalised intercept as liblinear's intercept_scaling=1,
-    class weights pos:neg) for many classes and many costs at once; same solutions as
+    class weights pos:neg) for many classes and many costs at once: solver=batched, the optimum
     sklearn.svm.LinearSVC(C, class_weight={1: pos_weight, 0: neg_weight}, penalty="l2",
-    loss="squared_hinge", dual=True, max_iter=2000, tol=1e-4)."""
+    loss="squared_hinge", dual=True) converges to; solver=liblinear, LinearSVC itself as FAIR and VISSL
+    run it (svm_liblinear.SETTINGS: max_iter 2000, so it may stop short of that optimum at large C)."""
 
     def __init__(self, costs: Sequence[float], pos_weight: float = 2.0, neg_weight: float = 1.0,
-                 tol: float = 1e-4, solver: Literal["batched", "sklearn"] = "batched",
+                 tol: float = 1e-4, solver: Literal["batched", "liblinear"] = "batched",
                  device: str | torch.device = "cpu", progress: Callable[..., Any] | None = None) -> None:
         self.costs = costs
         self.pos_weight = pos_weight
@@ -79,13 +86,19 @@ class BatchedLinearSVC:
         (sample, class) pairs: the solver treats every column as its own problem, sharing X.
         A column with no positive or no negative among its masked rows is a user error
         (SslBenchError naming the column index) unless the caller filtered it out.
-        Sets coef_ float32 (n_costs, M, D), intercept_ float32 (n_costs, M), n_iter_ (n_costs, M)."""
+        X float64 stays float64 with solver=liblinear, as FAIR and VISSL fit it.
+        Sets coef_ (n_costs, M, D) and intercept_ (n_costs, M) (float32; float64 with liblinear on float64 X),
+        n_iter_ (n_costs, M) and over_cap_ bool (n_costs, M): whether liblinear with SETTINGS stops
+        (solver=liblinear) or may stop (solver=batched: svm_liblinear.over_cap_bound) at its iteration cap
+        before its tolerance."""
         costs = self._check_params()
-        X, Y, mask = _check_inputs(X, Y, mask)
-        if self.solver == "sklearn":
-            self.coef_, self.intercept_, self.n_iter_ = self._fit_sklearn(X, Y, mask, costs)
+        X, Y, mask = _check_inputs(X, Y, mask, np.float64 if self.solver == "liblinear" else np.float32)
+        if self.solver == "liblinear":
+            self.coef_, self.intercept_, self.n_iter_ = fit_liblinear(
+                X, Y, mask, costs, {1: self.pos_weight, 0: self.neg_weight}, self.tol, self._wrap)
+            self.over_cap_ = self.n_iter_ >= SETTINGS["max_iter"]
         else:
-            self.coef_, self.intercept_, self.n_iter_ = self._fit_batched(X, Y, mask, costs)
+            self._fit_batched(X, Y, mask, costs)
         return self
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
@@ -105,35 +118,16 @@ class BatchedLinearSVC:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
                 raise SslBenchError(f"{name}: expected a finite number > 0, got {value!r}")
-        if self.solver not in ("batched", "sklearn"):
-            raise SslBenchError(f"solver: expected 'batched' or 'sklearn', got {self.solver!r}")
+        if self.solver not in ("batched", "liblinear"):
+            raise SslBenchError(f"solver: expected 'batched' or 'liblinear', got {self.solver!r}."
+                                f"{did_you_mean(str(self.solver), ('batched', 'liblinear'))}")
         return costs
 
     def _wrap(self, iterable: Any, desc: str, total: int) -> Any:
+        """The progress bar around iterable, when there is one."""
         return self.progress(iterable, desc=desc, total=total) if self.progress else iterable
 
-    def _fit_sklearn(self, X: np.ndarray, Y: np.ndarray, mask: np.ndarray,
-                     costs: list[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.svm import LinearSVC
-
-        n_costs, M = len(costs), Y.shape[1]
-        coef = np.zeros((n_costs, M, X.shape[1]), np.float32)
-        intercept = np.zeros((n_costs, M), np.float32)
-        n_iter = np.zeros((n_costs, M), np.int64)
-        pairs = [(c, m) for c in range(n_costs) for m in range(M)]
-        for c, m in self._wrap(pairs, desc="svm (sklearn)", total=len(pairs)):
-            rows = mask[:, m]
-            clf = LinearSVC(C=costs[c], class_weight={1: self.pos_weight, 0: self.neg_weight}, penalty="l2",
-                            loss="squared_hinge", dual=True, max_iter=2000, tol=self.tol, random_state=0)
-            with warnings.catch_warnings():  # liblinear stops at max_iter at large C, as in VISSL
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                clf.fit(X[rows], Y[rows, m])
-            coef[c, m], intercept[c, m], n_iter[c, m] = clf.coef_[0], clf.intercept_[0], clf.n_iter_
-        return coef, intercept, n_iter
-
-    def _fit_batched(self, X: np.ndarray, Y: np.ndarray, mask: np.ndarray,
-                     costs: list[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _fit_batched(self, X: np.ndarray, Y: np.ndarray, mask: np.ndarray, costs: list[float]) -> None:
         device = torch.device(self.device)
         basis = _Basis(X, device)
         F = basis.F
@@ -144,18 +138,24 @@ class BatchedLinearSVC:
         coef = np.zeros((len(costs), M, X.shape[1]), np.float32)
         intercept = np.zeros((len(costs), M), np.float32)
         n_iter = np.zeros((len(costs), M), np.int64)
+        over_cap = np.zeros((len(costs), M), bool)
+        row_sq = torch.linalg.vector_norm(basis.X, dim=1).double().square() + 1.0
+        max_row_sq = (row_sq[:, None] * (a > 0)).amax(0).cpu().numpy()
+        weights = (min(self.pos_weight, self.neg_weight), max(self.pos_weight, self.neg_weight))
         v = torch.zeros(F.shape[1], M, dtype=torch.float64, device=device)
         z = torch.zeros(X.shape[0], M, dtype=torch.float64, device=device)
         for c in self._wrap(order, desc="svm costs", total=len(order)):
             n_iter[c] = _newton(F, y, a, costs[c], v, z, self.tol)
             w, b = basis.weights(v.float())
             coef[c], intercept[c] = w.cpu().numpy(), b.cpu().numpy()
-        return coef, intercept, n_iter
+            over_cap[c] = over_cap_bound(_objective(v, z, y, a, costs[c]).cpu().numpy(), max_row_sq, costs[c],
+                                         weights, (basis.lam_min, basis.lam_max), self.tol)
+        self.coef_, self.intercept_, self.n_iter_, self.over_cap_ = coef, intercept, n_iter, over_cap
 
 
-def _check_inputs(X: np.ndarray, Y: np.ndarray,
-                  mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    X = np.ascontiguousarray(X, dtype=np.float32)
+def _check_inputs(X: np.ndarray, Y: np.ndarray, mask: np.ndarray | None,
+                  dtype: type) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    X = np.ascontiguousarray(X, dtype=dtype)
     Y = np.asarray(Y)
     if X.ndim != 2 or X.size and not np.isfinite([X.min(), X.max()]).all():  # no (N, D) temporary
         raise SslBenchError(f"features: expected a finite 2-D array (samples, dims), got shape {X.shape}")
@@ -180,34 +180,41 @@ def _check_inputs(X: np.ndarray, Y: np.ndarray,
 class _Basis:
     """F (N, r) with orthogonal columns spanning X~ = [X, 1]'s rows: X~ w~ = F v for w~ = the weights of v.
 
-    The eigendecomposition behind it runs in float64 on the host, in place (LAPACK's MRRR driver needs
-    the matrix and its eigenvectors, 16 bytes per entry, and no O(n^2) workspace): F and the weights
-    map are only consistent with each other to the accuracy of that decomposition, and a float32 one
-    is visibly off the optimum at large C. Float32 copies are made once the float64 ones are freed."""
+    The eigendecomposition behind it runs in float64: on the host for the device types in HOST_EIGH (scipy,
+    in place: LAPACK's MRRR driver needs the matrix and its eigenvectors, 16 bytes per entry, and no O(n^2)
+    workspace), elsewhere on the device (torch.linalg.eigh). F and the weights map are only consistent with
+    each other to the accuracy of that decomposition, and a float32 one is visibly off the optimum at large
+    C. Float32 copies are made once the float64 ones are freed. lam_min and lam_max bound the eigenvalues of
+    the Gram matrix X~ X~^T (lam_min 0 when it is singular)."""
 
     def __init__(self, X: np.ndarray, device: torch.device) -> None:
         N, D = X.shape
         self.X = torch.from_numpy(X).to(device)
+        on_host = device.type in HOST_EIGH
+        at = torch.device("cpu") if on_host else device
         if N <= D + 1:  # F = U sqrt(lambda) from the Gram matrix X~ X~^T = U lambda U^T
-            K = _gram(self.X, self.X.T)
+            K = _gram(self.X, self.X.T, torch.empty(N, N, dtype=torch.float64, device=at))
             K += 1.0
-            lam, U = _eigh_inplace(K)
+            lam, U = _eigh_inplace(K, on_host)
             del K
-            U *= np.sqrt(lam)
-            self.lam = torch.from_numpy(lam.astype(np.float32)).to(device)
-            self.F = torch.from_numpy(np.array(U, dtype=np.float32, order="C")).to(device)
+            self.lam_min = float(lam[0]) if lam.numel() == N else 0.0
+            U *= lam.sqrt()
+            self.lam = lam.to(device, torch.float32)
+            self.F = torch.empty(U.shape, dtype=torch.float32, device=device).copy_(U)
             self.V = None
         else:  # F = X~ V from the eigenvectors V of X~^T X~
-            G = np.empty((D + 1, D + 1))
-            G[:D, :D] = _gram(self.X.T, self.X)
-            G[:D, D] = G[D, :D] = self.X.sum(0, dtype=torch.float64).cpu().numpy()
+            G = torch.empty(D + 1, D + 1, dtype=torch.float64, device=at)
+            _gram(self.X.T, self.X, G[:D, :D])
+            G[:D, D] = G[D, :D] = self.X.sum(0, dtype=torch.float64).to(at)
             G[D, D] = N
-            _, V = _eigh_inplace(G)
+            lam, V = _eigh_inplace(G, on_host)
             del G
-            self.V = torch.from_numpy(np.array(V, dtype=np.float32, order="C")).to(device)
+            self.lam_min = 0.0
+            self.V = torch.empty(V.shape, dtype=torch.float32, device=device).copy_(V)
             del V
             self.F = torch.addmm(self.V[D], self.X, self.V[:D])
             self.lam = None
+        self.lam_max = float(lam[-1])
 
     def weights(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(w (M, D), b (M,)) of w~ = V v, through X~^T U lambda^-1/2 when V is not stored."""
@@ -218,21 +225,31 @@ class _Basis:
         return w[:-1].T, w[-1]
 
 
-def _gram(A: torch.Tensor, B: torch.Tensor) -> np.ndarray:
-    """A @ B (float32 products) as a float64 host array, a block of GRAM_ROWS rows at a time."""
-    out = np.empty((A.shape[0], B.shape[1]))
+def _gram(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out (float64, on its own device) = A @ B in float32 products, a block of GRAM_ROWS rows at a time."""
     for start in range(0, A.shape[0], GRAM_ROWS):
-        out[start:start + GRAM_ROWS] = (A[start:start + GRAM_ROWS] @ B).cpu().numpy()
+        out[start:start + GRAM_ROWS] = A[start:start + GRAM_ROWS] @ B
     return out
 
 
-def _eigh_inplace(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues (ascending) and eigenvectors of the symmetric float64 A, overwriting A, without the
-    directions whose eigenvalue is below RANK_RTOL of the largest (rounding noise of a singular A)."""
-    # A.T: the same symmetric matrix in LAPACK's column order, so scipy does not copy it
-    lam, U = scipy.linalg.eigh(A.T, overwrite_a=True, check_finite=False, driver="evr")
-    first = int(np.searchsorted(lam, RANK_RTOL * lam[-1], side="right"))
+def _eigh_inplace(A: torch.Tensor, on_host: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (ascending) and eigenvectors of the symmetric float64 A, without the directions whose
+    eigenvalue is below RANK_RTOL of the largest (rounding noise of a singular A). on_host: scipy on the
+    host tensor A, overwriting it; else torch.linalg.eigh on A's device."""
+    if on_host:
+        # A.T: the same symmetric matrix in LAPACK's column order, so scipy does not copy it
+        lam_np, U_np = scipy.linalg.eigh(A.numpy().T, overwrite_a=True, check_finite=False, driver="evr")
+        lam, U = torch.from_numpy(lam_np), torch.from_numpy(U_np)
+    else:
+        lam, U = torch.linalg.eigh(A)
+    first = int(torch.searchsorted(lam, RANK_RTOL * lam[-1], right=True))
     return lam[first:], U[:, first:]
+
+
+def _objective(v: torch.Tensor, z: torch.Tensor, y: torch.Tensor, a: torch.Tensor, C: float) -> torch.Tensor:
+    """0.5 ||v||^2 + C sum_i a_i max(0, 1 - y_i z_i)^2 per column (float64)."""
+    xi = torch.clamp(1.0 - y * z, min=0.0)
+    return 0.5 * v.square().sum(0) + C * (a * xi * xi).sum(0)
 
 
 def _newton(F: torch.Tensor, y: torch.Tensor, a: torch.Tensor, C: float, v: torch.Tensor,

@@ -13,6 +13,7 @@ from benchmark.errors import SslBenchError, did_you_mean
 from benchmark.features import check_features
 from benchmark.protocol import FeatureSet, RunContext
 from protocols.svm import BatchedLinearSVC, normalize_features
+from protocols.svm_liblinear import OVER_CAP, SETTINGS
 
 # PROTOCOLS.md, voc07_svm: VISSL's grid, and FAIR's (its list, then 0.5**n for n = 4..19), in their order
 VISSL_COSTS = (0.01, 0.1, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 50.0, 100.0, 1000.0)
@@ -38,8 +39,9 @@ def check_svm_fields(config: Any) -> None:
         raise ValueError(f"custom_costs: expected numbers > 0 (empty: use the named grid), got {config.custom_costs!r}")
     if len(set(custom)) != len(custom):
         raise ValueError(f"custom_costs: expected distinct numbers, got {config.custom_costs!r}")
-    if config.solver not in ("batched", "sklearn"):
-        raise ValueError(f"solver: expected batched or sklearn, got {config.solver!r}")
+    if config.solver not in ("batched", "liblinear"):
+        raise ValueError(f"solver: expected batched or liblinear (LinearSVC as FAIR and VISSL run it), "
+                         f"got {config.solver!r}")
     for name in ("pos_weight", "neg_weight", "tol"):
         value = getattr(config, name)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
@@ -74,13 +76,20 @@ def check_multilabel(labels: np.ndarray, split: str, protocol: str) -> np.ndarra
     return labels.astype(np.int8)
 
 
-def take_tap(fs: FeatureSet, tap: str, split: str, protocol: str) -> tuple[np.ndarray, np.ndarray]:
-    """(normalised float32 features, labels) of one tap; SslBenchError when the split is empty or not finite."""
+def take_tap(fs: FeatureSet, tap: str, split: str, protocol: str, solver: str) -> tuple[np.ndarray, np.ndarray]:
+    """(normalised features, labels) of one tap: float64 for solver=liblinear (FAIR's and VISSL's inputs),
+    else float32; SslBenchError when the split is empty or not finite."""
     if len(fs) == 0:
         raise SslBenchError(f"{protocol}: split '{split}' has no images; check --data-root and the split lists")
     X = fs.features[tap]
     check_features(X, fs.labels, tap, split)
-    return normalize_features(X), np.asarray(fs.labels)
+    return normalize_features(X, np.float64 if solver == "liblinear" else np.float32), np.asarray(fs.labels)
+
+
+def solver_details(solver: str) -> dict[str, Any]:
+    """What a record says about its solver: the name, liblinear's settings when it ran, the cap flag's meaning."""
+    return {"solver": solver, "liblinear_settings": dict(SETTINGS) if solver == "liblinear" else None,
+            "over_liblinear_cap": OVER_CAP[solver]}
 
 
 def make_svm(config: Any, ctx: RunContext, costs: Sequence[float]) -> BatchedLinearSVC:

@@ -17,10 +17,17 @@ Edge cases, all recorded in details:
 - a class with no usable fold takes the cost with the best mean CV AP over the
   other classes (cv_fallback); when no class has a usable fold, SslBenchError.
 All CV columns (fold, class) of a tap are one batched fit over the cost grid
-(one fit per class with solver=sklearn, so a killed run keeps finished classes);
-the refit is one more fit over the distinct chosen costs (with solver=sklearn,
+(one fit per class with solver=liblinear, so a killed run keeps finished classes);
+the refit is one more fit over the distinct chosen costs (with solver=liblinear,
 one per chosen cost over the classes that chose it). Resume keeps "cv:{tap}"
 (or "cv:{tap}:{class}") and "tap:{tap}" in ctx.state.
+
+solver=batched (default) finds the exact optimum; solver=liblinear runs LinearSVC
+as FAIR and VISSL do (max_iter 2000, float64 inputs; random_state recorded), the
+way to compare with their published tables. Either way per_class records, per
+class, whether liblinear stops (or, for batched, may stop: a bound) at its
+iteration cap at the chosen cost (over_liblinear_cap), and
+classes_over_liblinear_cap counts them per tap.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from benchmark.protocol import MetricSpec, Protocol, ProtocolResult, RunContext
 from benchmark.registry import PROTOCOLS
 from protocols.metrics import average_precision
 from protocols.svm_common import (check_multilabel, check_svm_fields, class_names, first_best, make_svm,
-                                  nan_to_none, resolve_costs, scores_at, splits_of, take_tap)
+                                  nan_to_none, resolve_costs, scores_at, solver_details, splits_of, take_tap)
 
 PER_IMAGE_LIMIT = 200_000  # test scores (images x classes) kept in details for the best tap, for bootstrap
 
@@ -51,7 +58,7 @@ class Voc07SvmConfig:
     custom_costs: tuple[float, ...] = ()
     folds: int = 3
     train_difficult: Literal["negative", "exclude"] = "negative"  # FAIR: difficult-only rows are negatives
-    solver: Literal["batched", "sklearn"] = "batched"
+    solver: Literal["batched", "liblinear"] = "batched"
     pos_weight: float = 2.0
     neg_weight: float = 1.0
     tol: float = 1e-4
@@ -100,8 +107,8 @@ class Voc07SvmProtocol(Protocol):
             train = ctx.features(train_split, pending)
             test = ctx.features(test_split, pending)
             for tap in ctx.progress(pending, desc="voc07_svm taps", total=len(pending)):
-                X, labels = take_tap(train, tap, train_split, self.name)
-                Q, q_labels = take_tap(test, tap, test_split, self.name)
+                X, labels = take_tap(train, tap, train_split, self.name, config.solver)
+                Q, q_labels = take_tap(test, tap, test_split, self.name, config.solver)
                 ctx.state.put(f"tap:{tap}", self._run_tap(
                     ctx, config, tap, costs, (X, check_multilabel(labels, train_split, self.name)),
                     (Q, check_multilabel(q_labels, test_split, self.name)), list(test.ids)))
@@ -109,7 +116,9 @@ class Voc07SvmProtocol(Protocol):
         per_tap = {tap: ctx.state.get(f"tap:{tap}") for tap in ctx.taps}
         best = max(ctx.taps, key=lambda t: per_tap[t]["metrics"]["mAP"])
         details: dict[str, Any] = {
-            "solver": config.solver,
+            **solver_details(config.solver),
+            # None for a tap resumed from a state written before the flag existed
+            "classes_over_liblinear_cap": {t: r.get("n_over_liblinear_cap") for t, r in per_tap.items()},
             "cost_grid": grid,
             "costs": list(costs),
             "folds": config.folds,
@@ -163,15 +172,17 @@ class Voc07SvmProtocol(Protocol):
         chosen = {c: first_best(cv_ap[c]) if c in usable else fallback for c in active}
 
         distinct = sorted(set(chosen.values()))
-        # batched: one refit over the distinct chosen costs; sklearn: one per cost, only the classes that chose it
+        # batched: one refit over the distinct chosen costs; liblinear: one per cost, only the classes that chose it
         groups = ([(distinct, active)] if config.solver == "batched"
                   else [([k], [c for c in active if chosen[c] == k]) for k in distinct])
         scores = np.full(q_labels.shape, np.nan, dtype=np.float32)
+        over_cap = {}
         for grid_index, members in groups:
             svm = make_svm(config, ctx, [costs[k] for k in grid_index])
             svm.fit(X, targets[:, members], rows[:, members])
             for j, c in enumerate(members):
                 scores[:, c] = scores_at(svm, Q, grid_index.index(chosen[c]), [j])[:, 0]
+                over_cap[names[c]] = bool(svm.over_cap_[grid_index.index(chosen[c]), j])
         ap = np.full(len(names), np.nan)
         ap_11pt = np.full(len(names), np.nan)
         for c in active:
@@ -183,6 +194,8 @@ class Voc07SvmProtocol(Protocol):
             "ap": {names[c]: 100.0 * float(ap[c]) for c in active},
             "ap_11pt": {names[c]: 100.0 * float(ap_11pt[c]) for c in active},
             "chosen_cost": {names[c]: costs[chosen[c]] for c in active},
+            "over_liblinear_cap": over_cap,
+            "n_over_liblinear_cap": sum(over_cap.values()),
             "cv_ap": {names[c]: nan_to_none(cv_ap[c]) for c in active},
             "cv_folds_used": {names[c]: folds_used[names[c]] for c in active},
             "cv_fallback": [names[c] for c in active if c not in usable],
@@ -199,7 +212,7 @@ class Voc07SvmProtocol(Protocol):
                         names: list[str]) -> tuple[np.ndarray, dict[str, list[int]]]:
         """CV AP (classes, costs), NaN where a class has no usable fold, and the folds used per class.
 
-        Resumable: one state entry per tap (batched) or per (tap, class) (sklearn).
+        Resumable: one state entry per tap (batched) or per (tap, class) (liblinear).
         """
         chunks = [active] if config.solver == "batched" else [[c] for c in active]
         cv_ap = np.full((len(names), len(costs)), np.nan)

@@ -221,7 +221,7 @@ def test_resume_per_tap_and_k(tmp_path, voc_like, monkeypatch) -> None:
 def test_multiclass_skips_large_k_and_checks_top1(tmp_path) -> None:
     splits = {"train": multiclass_data([8, 5, 7], 12, 0), "test": multiclass_data([6, 6, 6], 12, 1)}
     result = LowshotProtocol().run(make_ctx(tmp_path, ["res5avg"], splits),
-                                   LowshotConfig(ks=(1, 4, 6), samples=3, solver="sklearn", costs="vissl"))
+                                   LowshotConfig(ks=(1, 4, 6), samples=3, solver="liblinear", costs="vissl"))
     assert result.details["task"] == "multiclass"
     assert result.details["skipped_ks"] == {"6": "larger than the smallest class (5 images)"}
     assert {m.split("_")[1] for m in result.metrics["res5avg"]} == {"k1", "k4"}
@@ -254,11 +254,12 @@ def test_multiclass_through_the_runner_against_brute_force(tmp_path, monkeypatch
     monkeypatch.setattr(features_module.FeatureExtractor, "extract", spy)
     record, _ = run(RunOptions(checkpoint="random:resnet18_cifar", protocol="lowshot", dataset="places205",
                                data_root=root, taps=("res5avg",), results_dir=tmp_path / "results",
-                               overrides={"ks": "1,3,8", "samples": "2", "solver": "sklearn"}))
+                               overrides={"ks": "1,3,8", "samples": "2", "solver": "liblinear"}))
     details = record["details"]
     assert details["skipped_ks"] == {"8": "larger than the smallest class (6 images)"}
+    assert details["solver"] == "liblinear" and details["liblinear_settings"]["random_state"] == 0
     (X, y), (Q, q_y) = captured["train"], captured["val"]
-    Xn, Qn = normalize_features(X), normalize_features(Q)
+    Xn, Qn = normalize_features(X, np.float64), normalize_features(Q, np.float64)  # liblinear's inputs
     for k in (1, 3):
         entry = details["per_k"]["res5avg"][str(k)]
         for s in range(2):
@@ -293,6 +294,6 @@ def test_bad_inputs_and_config(tmp_path, voc_like) -> None:
     config = build_config(LowshotConfig, {"ks": "1,2", "select": "heldout", "sample_seed": "4"}, owner)
     assert config.ks == (1, 2) and config.select == "heldout" and config.sample_seed == 4
     for key, value in (("ks", "2,1"), ("ks", "0"), ("samples", "0"), ("select", "val"), ("sample_seed", "-1"),
-                       ("custom_costs", "-1"), ("solver", "liblinear")):
+                       ("custom_costs", "-1"), ("solver", "sklearn")):
         with pytest.raises(SslBenchError, match=key):
             build_config(LowshotConfig, {key: value}, owner)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import average_precision_score
 from sklearn.svm import LinearSVC
 
@@ -73,12 +76,7 @@ def test_batched_matches_liblinear(fitted):
 @pytest.mark.parametrize("shape", [(150, 20), (60, 200)], ids=["N>D", "N<D"])
 def test_rank_deficient_features_match_liblinear(shape):
     """Repeated rows and a rank-6 feature space: singular Gram matrices, whose null directions are dropped."""
-    n, dim = shape
-    rng = np.random.default_rng(11)
-    base = np.abs(rng.normal(size=(n // 3, 6)) @ rng.normal(size=(6, dim)))
-    X = normalize_features(np.repeat(base, 3, axis=0))
-    scores = X @ rng.normal(size=(dim, 2))
-    Y = (scores > np.median(scores, axis=0)).astype(np.int64)
+    X, Y = _rank_deficient(*shape)
     svm = BatchedLinearSVC([0.1, 10.0]).fit(X, Y)
     for c, C in enumerate([0.1, 10.0]):
         for m in range(2):
@@ -86,6 +84,25 @@ def test_rank_deficient_features_match_liblinear(shape):
             ours = _objective(X, Y[:, m], svm.coef_[c, m], svm.intercept_[c, m], C)
             theirs = _objective(X, Y[:, m], ref.coef_[0], ref.intercept_[0], C)
             assert ours <= theirs * (1 + 1e-5), (C, m, ours, theirs)
+
+
+def _assert_same_fit(X: np.ndarray, Y: np.ndarray, mask: np.ndarray, a: BatchedLinearSVC, b: BatchedLinearSVC,
+                     costs: list[float]) -> None:
+    """Two fits of one problem agree within the solver's own stopping bound.
+
+    Each fit stops within tol * sqrt(2 f) of the optimum in (w, b), the objective being 1-strongly convex
+    there; the two fits are then within twice that of each other, plus float32 resolution of the margins.
+    Their objectives are each within tol^2 f of the optimal one (f - f* <= ||grad||^2 / 2)."""
+    tol, eps = a.tol, np.finfo(np.float32).eps
+    for c, C in enumerate(costs):
+        for m in range(Y.shape[1]):
+            rows = mask[:, m]
+            f_a, f_b = (_objective(X[rows], Y[rows, m], fit.coef_[c, m], fit.intercept_[c, m], C) for fit in (a, b))
+            w_a = np.append(a.coef_[c, m], a.intercept_[c, m]).astype(np.float64)
+            w_b = np.append(b.coef_[c, m], b.intercept_[c, m]).astype(np.float64)
+            bound = 2 * tol * np.sqrt(2 * f_b) + 64 * eps * np.linalg.norm(w_b)
+            assert np.linalg.norm(w_a - w_b) <= bound, (C, m, np.linalg.norm(w_a - w_b), bound)
+            assert abs(f_a - f_b) <= tol ** 2 * max(f_a, f_b) + 64 * eps * f_b, (C, m, f_a, f_b)
 
 
 @pytest.mark.parametrize("shape", [(300, 40), (200, 300)], ids=["N>D", "N<D"])
@@ -96,32 +113,79 @@ def test_scratch_blocks_do_not_change_the_solution(monkeypatch, shape):
     monkeypatch.setattr(svm_module, "GRAM_ROWS", 7)
     monkeypatch.setattr(svm_module, "SCRATCH_FLOATS", 1000)
     pieces = BatchedLinearSVC([0.5, 50.0]).fit(X, Y, mask)
-    # Each fit stops within tol * sqrt(2 f) of the optimum in (w, b), the objective being 1-strongly convex
-    # there; the two fits are then within twice that of each other, plus float32 resolution of the margins.
-    tol, eps = whole.tol, np.finfo(np.float32).eps
-    for c, C in enumerate([0.5, 50.0]):
-        for m in range(Y.shape[1]):
-            rows = mask[:, m]
-            f = _objective(X[rows], Y[rows, m], whole.coef_[c, m], whole.intercept_[c, m], C)
-            a = np.append(pieces.coef_[c, m], pieces.intercept_[c, m]).astype(np.float64)
-            b = np.append(whole.coef_[c, m], whole.intercept_[c, m]).astype(np.float64)
-            bound = 2 * tol * np.sqrt(2 * f) + 64 * eps * np.linalg.norm(b)
-            assert np.linalg.norm(a - b) <= bound, (C, m, np.linalg.norm(a - b), bound)
+    _assert_same_fit(X, Y, mask, pieces, whole, [0.5, 50.0])
 
 
-def test_sklearn_solver_is_linearsvc():
-    X, Y, mask = _problem(200, 32, columns=3, seed=1)
-    svm = BatchedLinearSVC([0.1, 5.0], solver="sklearn").fit(X, Y, mask)
-    for c, C in enumerate([0.1, 5.0]):
-        for m in range(3):
-            rows = mask[:, m]
-            ref = LinearSVC(C=C, class_weight={1: 2.0, 0: 1.0}, penalty="l2", loss="squared_hinge", dual=True,
-                            max_iter=2000, tol=1e-4, random_state=0).fit(X[rows], Y[rows, m])
-            np.testing.assert_allclose(svm.coef_[c, m], ref.coef_[0], rtol=1e-6, atol=1e-7)
-            assert svm.intercept_[c, m] == pytest.approx(ref.intercept_[0], rel=1e-6)
+def _held_out_choice(X: np.ndarray, Y: np.ndarray, mask: np.ndarray, svm: BatchedLinearSVC) -> list[int]:
+    """Per column, the first cost with the best AP on the rows left out of its training."""
+    scores = svm.decision_function(X)
+    return [int(np.argmax([average_precision_score(Y[~mask[:, m], m], scores[c, ~mask[:, m], m])
+                           for c in range(len(svm.costs))])) for m in range(Y.shape[1])]
 
 
-@pytest.mark.parametrize("solver", ["batched", "sklearn"])
+def _rank_deficient(n: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Repeated rows in a rank-6 feature space (singular Gram matrices) and median-split labels."""
+    rng = np.random.default_rng(11)
+    base = np.abs(rng.normal(size=(n // 3, 6)) @ rng.normal(size=(6, dim)))
+    X = normalize_features(np.repeat(base, 3, axis=0))
+    scores = X @ rng.normal(size=(dim, 2))
+    return X, (scores > np.median(scores, axis=0)).astype(np.int64)
+
+
+@pytest.mark.parametrize("problem", ["N>D", "N<D", "rank-deficient N>D", "rank-deficient N<D"])
+def test_torch_eigendecomposition_matches_scipy(monkeypatch, problem):
+    """The device path (Gram matrix and torch.linalg.eigh on the solver's device, as on CUDA), run on the CPU,
+    gives the scipy path's fit within its tolerance, and the same held-out cost choice."""
+    if problem.startswith("rank"):
+        X, Y = _rank_deficient(*((150, 20) if problem.endswith("N>D") else (60, 200)))
+        mask = np.random.default_rng(3).random(Y.shape) < 0.75
+    else:
+        X, Y, mask = _problem(*((300, 64) if problem == "N>D" else (200, 400)), columns=4, seed=13)
+    host = BatchedLinearSVC(COSTS).fit(X, Y, mask)
+    monkeypatch.setattr(svm_module, "HOST_EIGH", ())
+    device = BatchedLinearSVC(COSTS).fit(X, Y, mask)
+    _assert_same_fit(X, Y, mask, device, host, COSTS)
+    assert _held_out_choice(X, Y, mask, device) == _held_out_choice(X, Y, mask, host)
+
+
+def _fair_linearsvc(X: np.ndarray, y01: np.ndarray, C: float) -> LinearSVC:
+    """FAIR's train_svm_kfold.py LinearSVC on -1/+1 labels, written out, with random_state 0."""
+    return LinearSVC(C=C, class_weight={1: 2, -1: 1}, intercept_scaling=1.0, penalty="l2", loss="squared_hinge",
+                     tol=0.0001, dual=True, max_iter=2000, random_state=0).fit(X, np.where(y01 == 1, 1, -1))
+
+
+def test_liblinear_solver_is_fair_and_vissl_linearsvc():
+    raw, Y, mask = _problem(200, 32, columns=3, seed=1)
+    X = raw.astype(np.float64) / (np.linalg.norm(raw.astype(np.float64), axis=1, keepdims=True) + 1e-5)
+    costs = [0.1, 5.0, 1000.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        svm = BatchedLinearSVC(costs, solver="liblinear").fit(X, Y, mask)
+        for c, C in enumerate(costs):
+            for m in range(3):
+                ref = _fair_linearsvc(X[mask[:, m]], Y[mask[:, m], m], C)
+                np.testing.assert_array_equal(svm.coef_[c, m], ref.coef_[0])
+                assert svm.intercept_[c, m] == ref.intercept_[0]
+                assert svm.n_iter_[c, m] == ref.n_iter_
+    assert svm.coef_.dtype == np.float64
+    np.testing.assert_array_equal(svm.over_cap_, svm.n_iter_ == 2000)
+    assert svm.over_cap_[2].any() and not svm.over_cap_[0].any()
+
+
+@pytest.mark.parametrize("shape,stops", [((300, 64), True), ((200, 400), False)], ids=["N>D", "N<D"])
+def test_batched_cap_flag_covers_where_liblinear_stops_at_its_cap(shape, stops):
+    """The batched solver's bound flags every (cost, column) at which liblinear stops at max_iter (there are
+    some on the N>D problem); at small C, where liblinear converges in a few dozen epochs, it flags nothing."""
+    X, Y, mask = _problem(*shape, columns=4, seed=14)
+    costs = [0.01, 1.0, 100.0, 1000.0]
+    batched = BatchedLinearSVC(costs).fit(X, Y, mask)
+    liblinear = BatchedLinearSVC(costs, solver="liblinear").fit(X, Y, mask)
+    assert liblinear.over_cap_.any() == stops
+    assert (batched.over_cap_ | ~liblinear.over_cap_).all()
+    assert not batched.over_cap_[:2].any()
+
+
+@pytest.mark.parametrize("solver", ["batched", "liblinear"])
 def test_mask_excludes_rows(solver):
     X, Y, _ = _problem(250, 40, columns=1, seed=2)
     mask = np.ones(Y.shape, bool)
@@ -163,7 +227,7 @@ def test_unsorted_costs_follow_the_given_order():
     np.testing.assert_allclose(forward.coef_[::-1], backward.coef_, atol=1e-5)
 
 
-@pytest.mark.parametrize("solver", ["batched", "sklearn"])
+@pytest.mark.parametrize("solver", ["batched", "liblinear"])
 def test_column_without_positives_is_a_user_error(solver):
     X, Y, mask = _problem(100, 10, columns=3, seed=6)
     Y[:, 1] = 0
@@ -176,7 +240,7 @@ def test_column_without_positives_is_a_user_error(solver):
 
 
 @pytest.mark.parametrize("kwargs", [{"costs": []}, {"costs": [0.0]}, {"costs": [1.0], "tol": -1.0},
-                                    {"costs": [1.0], "solver": "liblinear"}])
+                                    {"costs": [1.0], "solver": "sklearn"}])
 def test_bad_parameters_are_user_errors(kwargs):
     X, Y, _ = _problem(50, 5, columns=1, seed=7)
     with pytest.raises(SslBenchError):
@@ -207,7 +271,7 @@ def test_progress_wraps_the_cost_path():
         return iterable
 
     BatchedLinearSVC([1.0, 2.0, 3.0], progress=progress).fit(X, Y)
-    BatchedLinearSVC([1.0, 2.0, 3.0], solver="sklearn", progress=progress).fit(X, Y)
+    BatchedLinearSVC([1.0, 2.0, 3.0], solver="liblinear", progress=progress).fit(X, Y)
     assert [total for _, total in seen] == [3, 6]
 
 

@@ -90,14 +90,14 @@ def problem():
 
 @pytest.mark.parametrize("solver,grid,difficult", [
     ("batched", "vissl", "negative"), ("batched", "fair", "negative"), ("batched", "vissl", "exclude"),
-    ("sklearn", "vissl", "negative")])
+    ("liblinear", "vissl", "negative")])
 def test_matches_independent_sklearn_pipeline(tmp_path, problem, solver, grid, difficult) -> None:
     (X, labels), (Q, q_labels) = problem["trainval"], problem["test"]
     config = Voc07SvmConfig(costs=grid, solver=solver, train_difficult=difficult)
     result = Voc07SvmProtocol().run(make_ctx(tmp_path, ["res4"], problem), config)
     costs = VISSL_COSTS if grid == "vissl" else FAIR_COSTS
-    cv, chosen, test_ap, _ = reference_pipeline(X, labels, Q, q_labels, list(costs),
-                                             exclude_difficult=difficult == "exclude")
+    cv, chosen, test_ap, converged_at_chosen = reference_pipeline(X, labels, Q, q_labels, list(costs),
+                                                               exclude_difficult=difficult == "exclude")
     tap = result.details["per_class"]["res4"]
     same_cost = [c for c in range(6) if tap["chosen_cost"][NAMES[c]] == chosen[c]]
     assert len(same_cost) >= 0.9 * 6
@@ -113,6 +113,15 @@ def test_matches_independent_sklearn_pipeline(tmp_path, problem, solver, grid, d
     assert result.details["costs"] == list(costs) and result.details["cost_grid"] == grid
     assert len(result.details["costs"]) == (11 if grid == "vissl" else 26)
     assert result.details["solver"] == solver and result.details["train_difficult"] == difficult
+    flags = tap["over_liblinear_cap"]
+    assert set(flags) == set(NAMES) and tap["n_over_liblinear_cap"] == sum(flags.values())
+    assert result.details["classes_over_liblinear_cap"] == {"res4": sum(flags.values())}
+    if solver == "liblinear":  # liblinear's own flag, the reference's refit at the same cost
+        assert result.details["liblinear_settings"]["random_state"] == 0
+        assert all(flags[NAMES[c]] == (not converged_at_chosen[c]) for c in same_cost)
+    else:  # the bound flags at least every class whose reference refit stopped at max_iter
+        assert result.details["liblinear_settings"] is None
+        assert all(flags[NAMES[c]] for c in same_cost if not converged_at_chosen[c])
     json.dumps(split_arrays({"metrics": result.metrics, "details": result.details})[0], allow_nan=False)
 
 
@@ -196,7 +205,7 @@ def test_resume_after_a_crash_gives_identical_metrics(tmp_path, problem, monkeyp
     assert resumed.details["per_class"] == full.details["per_class"]
 
 
-def test_sklearn_solver_resumes_per_class(tmp_path, problem, monkeypatch) -> None:
+def test_liblinear_solver_resumes_per_class(tmp_path, problem, monkeypatch) -> None:
     class Crashing(PartialState):
         def put(self, key, value):
             if key == "cv:res4:c3":
@@ -204,7 +213,7 @@ def test_sklearn_solver_resumes_per_class(tmp_path, problem, monkeypatch) -> Non
             super().put(key, value)
 
     path = tmp_path / "state.json"
-    config = Voc07SvmConfig(solver="sklearn", custom_costs=(0.1, 1.0))
+    config = Voc07SvmConfig(solver="liblinear", custom_costs=(0.1, 1.0))
     with pytest.raises(KeyboardInterrupt):
         Voc07SvmProtocol().run(make_ctx(tmp_path, ["res4"], problem, Crashing(path)), config)
     assert set(json.loads(path.read_text())) == {"cv:res4:c0", "cv:res4:c1", "cv:res4:c2"}
@@ -247,7 +256,7 @@ def test_config_validation() -> None:
     owner = "protocol 'voc07_svm'"
     config = build_config(Voc07SvmConfig, {"custom_costs": "0.1,1,10", "folds": "4", "costs": "fair"}, owner)
     assert config.custom_costs == (0.1, 1.0, 10.0) and config.folds == 4 and config.costs == "fair"
-    for key, value in (("folds", "1"), ("custom_costs", "0,1"), ("costs", "liblinear"), ("solver", "cuda"),
+    for key, value in (("folds", "1"), ("custom_costs", "0,1"), ("costs", "liblinear"), ("solver", "sklearn"),
                        ("train_difficult", "positive"), ("pos_weight", "-2"), ("tol", "0")):
         with pytest.raises(SslBenchError, match=key):
             build_config(Voc07SvmConfig, {key: value}, owner)

@@ -1,19 +1,26 @@
 """VOC07-style SVM protocol on generated features: sklearn's LinearSVC loop vs BatchedLinearSVC.
 
-    python perf/bench_svm.py [--n 2000] [--dim 4096] [--classes 20] [--quick]
+    python perf/bench_svm.py [--n 2000] [--dim 4096] [--classes 20] [--quick | --full]
 
 Both runs share one pipeline (11 VISSL costs, 3-fold stratified CV per class
 without shuffle scored by average precision, refit with the best cost per
 class as voc07_svm does it for each solver, AP on a separate test set); only
 the solver differs. The batched run goes first, the sklearn loop right after
 it in the same process, nothing in between. Prints one `name=value (target
-...)` line per figure.
+...)` line per figure, and where the batched solver's time went.
+
+--full is one tap of VOC07 at FAIR's size (5011 x 9216, 20 classes) with
+--estimate: the batched pipeline alone is timed; the sklearn loop (hours at
+that size) is estimated from one CV-fold fit per cost in --sample-costs
+(perf/svm_profile.py says how), and peak memory is not measured (two more
+full runs).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -25,10 +32,14 @@ from sklearn.metrics import average_precision_score
 from sklearn.model_selection import StratifiedKFold
 
 from protocols.svm import BatchedLinearSVC, normalize_features
+from svm_profile import estimate_liblinear, sections
 
 COSTS = [0.01, 0.1, 1, 2, 5, 10, 15, 20, 50, 100, 1000]
 FOLDS = 3
 QUICK = (600, 512, 6)  # --quick: train images, dims, classes
+FULL = (5011, 9216, 20)  # --full: VOC07 trainval, FAIR's conv taps (~9k dims), its classes
+FULL_TARGET_SECONDS = 120  # per tap on 2 CPU cores
+SAMPLE_COSTS = "0.01,1,10,100"  # --estimate: costs whose liblinear fit is timed
 # generated data, set so that the default problem is about as hard as VOC07 features (see make_features)
 SCENES = 4  # latent scene types; classes of one scene co-occur and share part of their pattern
 PATTERN_RANK = 8  # rank of each class's pattern
@@ -70,11 +81,8 @@ def make_features(n: int, dim: int, classes: int, seed: int) -> tuple[np.ndarray
 def run_pipeline(solver: str, X: np.ndarray, Y: np.ndarray, X_test: np.ndarray,
                  Y_test: np.ndarray) -> dict[str, object]:
     """CV over COSTS, refit with each class's best cost, test AP; everything the solver does is timed."""
-    n, classes = Y.shape
-    fold_of = np.empty((n, classes), np.int64)
-    for c in range(classes):
-        for k, (_, held) in enumerate(StratifiedKFold(FOLDS).split(X, Y[:, c])):
-            fold_of[held, c] = k
+    classes = Y.shape[1]
+    fold_of = folds_of(Y)
     train_mask = np.concatenate([fold_of != k for k in range(FOLDS)], axis=1)  # column k * classes + c
     start = time.perf_counter()
     cv = BatchedLinearSVC(COSTS, solver=solver).fit(X, np.tile(Y, FOLDS), train_mask)
@@ -101,6 +109,35 @@ def run_pipeline(solver: str, X: np.ndarray, Y: np.ndarray, X_test: np.ndarray,
     seconds = time.perf_counter() - start
     test_ap = [average_precision_score(Y_test[:, c], test_scores[:, c]) for c in range(classes)]
     return {"seconds": seconds, "best": best.tolist(), "map": 100.0 * float(np.mean(test_ap))}
+
+
+def folds_of(Y: np.ndarray) -> np.ndarray:
+    """(N, classes) index of the validation fold of every row, per class (StratifiedKFold without shuffle)."""
+    fold_of = np.empty(Y.shape, np.int64)
+    for c in range(Y.shape[1]):
+        for k, (_, held) in enumerate(StratifiedKFold(FOLDS).split(np.zeros(len(Y)), Y[:, c])):
+            fold_of[held, c] = k
+    return fold_of
+
+
+def batched_alone(args: argparse.Namespace, X: np.ndarray, Y: np.ndarray, X_test: np.ndarray,
+              Y_test: np.ndarray) -> None:
+    """The batched pipeline alone, where its time goes, and the sklearn loop estimated from sampled fits."""
+    print(f"load averages before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} ({os.cpu_count()} CPUs)")
+    with sections() as spent:
+        batched = run_pipeline("batched", X, Y, X_test, Y_test)
+    print(f"load averages after batched: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"batched_seconds={batched['seconds']:.1f} (target <= {FULL_TARGET_SECONDS} s per tap on 2 CPU cores)")
+    parts = " ".join(f"{name}={seconds:.1f}s" for name, seconds in spent.items())
+    print(f"  where: {parts} other={batched['seconds'] - sum(spent.values()):.1f}s (AP, scoring, Newton steps)")
+    print(f"batched_mAP={batched['map']:.2f}")
+    sampled = [float(c) for c in args.sample_costs.split(",")]
+    estimate, measured = estimate_liblinear(X, Y, folds_of(Y), COSTS, sampled, FOLDS)
+    fits = ", ".join(f"C={c:g}: {s:.1f}s" for c, s in measured.items())
+    print(f"sklearn_seconds_estimated={estimate:.0f} (ESTIMATE, not run: {len(measured)} measured CV-fold fits "
+          f"[{fits}], interpolated in log C over the {len(COSTS)} costs, x {args.classes} classes x {FOLDS} "
+          f"folds, + refits)")
+    print(f"speedup_estimated={estimate / batched['seconds']:.1f}x")
 
 
 def peak_memory_ratio(args: argparse.Namespace, warm: bool) -> float:
@@ -149,17 +186,26 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=20, help="classes (VOC07 has 20)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="smoke run: 600 x 512, 6 classes")
+    parser.add_argument("--full", action="store_true",
+                        help="VOC07 at FAIR's size, 5011 x 9216, 20 classes: batched timed, sklearn estimated")
+    parser.add_argument("--estimate", action="store_true",
+                        help="time the batched pipeline alone and estimate the sklearn loop (implied by --full)")
+    parser.add_argument("--sample-costs", default=SAMPLE_COSTS,
+                        help="--estimate: costs whose liblinear fit is timed (comma-separated)")
     parser.add_argument("--memory-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--warm", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.quick:
-        args.n, args.dim, args.classes = QUICK
+    if args.quick or args.full:
+        args.n, args.dim, args.classes = QUICK if args.quick else FULL
     if args.memory_child:
         _memory_child(args, args.memory_child)
         return
     X, Y, X_test, Y_test = _data(args)
     print(f"problem: train {X.shape} test {X_test.shape} float32, {args.classes} classes, "
           f"{Y.sum(1).mean():.2f} labels/image, positives per class {Y.sum(0).min()}..{Y.sum(0).max()}")
+    if args.full or args.estimate:
+        batched_alone(args, X, Y, X_test, Y_test)
+        return
     batched = run_pipeline("batched", X, Y, X_test, Y_test)
     reference = run_pipeline("liblinear", X, Y, X_test, Y_test)
     same = np.mean(np.array(batched["best"]) == np.array(reference["best"]))

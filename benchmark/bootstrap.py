@@ -16,7 +16,11 @@ with the counts and mAP is computed from the counts on the rows sorted once
 per class (`MapPlan`), which equals `protocols.metrics.mean_average_precision`
 on the resampled rows.
 
-Intervals are percentile intervals. `Bootstrap.pvalue(best, other)` is the
+Intervals are BCa intervals (`benchmark.bca`): the percentiles of the
+statistics corrected for their bias against the point value (mAP on small test
+sets: repeated images raise AP) and for skew, with the acceleration from the
+jackknife (leave one image out), which records store beside the statistics.
+`Bootstrap.pvalue(best, other)` is the
 one-sided p-value of "other is worse than best": the share of resamples in
 which other is at least as good as best, with the usual +1 correction,
 (1 + #{other* >= best*}) / (n_boot + 1).
@@ -32,6 +36,8 @@ from typing import Any
 
 import numpy as np
 from scipy import sparse
+
+from benchmark.bca import acceleration, bca_interval
 
 N_BOOT = 1000
 SEED = 0
@@ -83,6 +89,13 @@ class Correctness:
         return 100.0 * float(np.mean(self.correct))
 
     @functools.cached_property
+    def acceleration(self) -> float:
+        """BCa's acceleration from the leave-one-out accuracies (closed form)."""
+        n = len(self.correct)
+        correct = self.correct.astype(np.float64)
+        return acceleration(100.0 * (correct.sum() - correct) / (n - 1)) if n > 1 else 0.0
+
+    @functools.cached_property
     def pairing(self) -> Pairing:
         return Pairing("correctness", self.dataset_digest, len(self.correct), 1, ids_digest(self.ids))
 
@@ -105,13 +118,27 @@ class Ranking:
         return float(self.plan(np.ones((len(self.scores), 1), dtype=np.float32))[0])
 
     @functools.cached_property
+    def acceleration(self) -> float:
+        """BCa's acceleration from the leave-one-out mAPs, CHUNK images at a time (about N / n_boot resamplings)."""
+        n, values = len(self.scores), []
+        for start in range(0, n, CHUNK):
+            b = min(CHUNK, n - start)
+            counts = np.ones((n, b), dtype=np.float32)
+            counts[start + np.arange(b), np.arange(b)] = 0.0
+            values.append(self.plan(counts))
+        return acceleration(np.concatenate(values))
+
+    @functools.cached_property
     def pairing(self) -> Pairing:
         return Pairing("ranking", self.dataset_digest, len(self.scores), self.labels.shape[1], ids_digest(self.ids))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Resampled:
-    """Statistics already computed on the shared resamples of (n_boot, seed, scheme): what records store."""
+    """Statistics already computed on the shared resamples of (n_boot, seed, scheme): what records store.
+
+    acceleration is None in records made before BCa intervals; their intervals use 0 (bias-corrected only).
+    """
 
     pairing: Pairing
     value: float
@@ -119,6 +146,7 @@ class Resampled:
     n_boot: int
     seed: int
     scheme: str = SCHEME
+    acceleration: float | None = None
 
     def point(self) -> float:
         return self.value
@@ -178,10 +206,8 @@ class Bootstrap:
         self._stats: dict[int, tuple[Evidence, np.ndarray]] = {}
 
     def interval(self, evidence: Evidence, level: float = 0.95) -> tuple[float, float]:
-        """Percentile interval of the metric (x100)."""
-        tail = 100.0 * (1.0 - level) / 2.0
-        lo, hi = np.nanpercentile(self.statistics(evidence), [tail, 100.0 - tail])
-        return float(lo), float(hi)
+        """BCa interval of the metric (x100), see benchmark.bca."""
+        return bca_interval(self.statistics(evidence), evidence.point(), evidence.acceleration or 0.0, level)
 
     def pvalue(self, best: Evidence, other: Evidence) -> float:
         """One-sided p-value that other is worse than best: (1 + #{other* >= best*}) / (n_boot + 1)."""
@@ -205,7 +231,8 @@ class Bootstrap:
 
     def resampled(self, evidence: Correctness | Ranking) -> Resampled:
         """The evidence's statistics in the form records store."""
-        return Resampled(evidence.pairing, evidence.point(), self.statistics(evidence), self.n_boot, self.seed)
+        return Resampled(evidence.pairing, evidence.point(), self.statistics(evidence), self.n_boot, self.seed,
+                         acceleration=evidence.acceleration)
 
     def _compute(self, evidence: Correctness | Ranking) -> np.ndarray:
         chunks = self._resamples(evidence.pairing.n_images)
@@ -230,7 +257,7 @@ class Bootstrap:
 
 def bootstrap_interval(evidence: Evidence, n_boot: int = N_BOOT, seed: int = SEED,
                        level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the metric (x100), resampling test images with replacement."""
+    """BCa bootstrap interval of the metric (x100), resampling test images with replacement."""
     return Bootstrap(n_boot, seed).interval(evidence, level)
 
 
@@ -347,8 +374,8 @@ def evidence_for(record: dict[str, Any], tap: str, metric: str,
 def precompute(record: dict[str, Any], n_boot: int = N_BOOT, seed: int = SEED) -> dict[str, Any] | None:
     """The record's bootstrap block: statistics of every (tap, metric) it keeps per-image evidence for.
 
-    {n_boot, seed, scheme, entries: {tap: {metric: {value, pairing, stats}}}}, with
-    stats an (n_boot,) array; None when the record keeps no per-image evidence.
+    {n_boot, seed, scheme, entries: {tap: {metric: {value, pairing, stats, acceleration}}}}, with
+    stats an (n_boot,) array and acceleration BCa's a; None when the record keeps no per-image evidence.
     """
     bootstrap = Bootstrap(n_boot, seed)
     entries: dict[str, dict[str, Any]] = {}
@@ -358,7 +385,7 @@ def precompute(record: dict[str, Any], n_boot: int = N_BOOT, seed: int = SEED) -
             if found is not None:
                 stored = bootstrap.resampled(found)
                 entries.setdefault(tap, {})[metric] = {"value": stored.value, "pairing": stored.pairing.to_json(),
-                                                       "stats": stored.stats}
+                                                       "stats": stored.stats, "acceleration": stored.acceleration}
     if not entries:
         return None
     return {"n_boot": n_boot, "seed": seed, "scheme": SCHEME, "entries": entries}
@@ -380,4 +407,6 @@ def stored_statistics(record: dict[str, Any], tap: str, metric: str, n_boot: int
     if stats.shape != (n_boot,):
         raise ValueError(f"stored bootstrap statistics of {tap}/{metric} have shape {stats.shape}, not ({n_boot},)")
     pairing = Pairing.from_json(entry["pairing"], record.get("dataset", {}).get("digest"))
-    return Resampled(pairing, float(entry["value"]), stats, n_boot, seed)
+    accel = entry.get("acceleration")
+    return Resampled(pairing, float(entry["value"]), stats, n_boot, seed,
+                     acceleration=float(accel) if isinstance(accel, (int, float)) else None)

@@ -15,9 +15,9 @@ class Uncertainty:
     """Per-image evidence, bootstrap intervals and paired tests for the cells of tables, each computed once.
 
     A record made by the runner stores its bootstrap statistics (on the shared
-    resamples of n_boot=1000, seed 0); those are used as they are. Other
-    settings (`--bootstrap N`) and older records are resampled from their
-    per-image arrays. A record whose side file is missing or foreign gets no
+    resamples of n_boot=1000, seed 0) and BCa acceleration; those are used as
+    they are. Other settings (`--bootstrap N`) and older records (no
+    statistics, or no acceleration) are resampled from their per-image arrays. A record whose side file is missing or foreign gets no
     interval and no mark, with one warning naming the file. Pass one instance
     to protocol_tables and summary_table to share the work.
     """
@@ -56,7 +56,10 @@ class Uncertainty:
         arrays = RecordArrays(path, record)
         try:
             stored = stored_statistics(record, tap, metric, self.n_boot, self.seed, arrays)
-            return stored if stored is not None else evidence_for(record, tap, metric, arrays)
+            if stored is not None and stored.acceleration is not None:
+                return stored
+            found = evidence_for(record, tap, metric, arrays)  # older records store no BCa acceleration
+            return found if found is not None else stored
         except (SslBenchError, ValueError, KeyError, TypeError) as exc:
             self._broken.add(path)
             self.warn(f"no intervals or significance marks for {path}: {exc}")

@@ -8,6 +8,14 @@ weights under the same name are what a gate compares. A multi-sample metric
 (name ending in _mean, beside a _std) gets one entry carrying that std; its
 _std, _min and _max companions are not gated on their own.
 
+Without an absolute tolerance (neither in the baseline nor --tolerance) the
+gate is noise-aware (reports.noise): a drop fails only when it is significant
+at one-sided 95%, by a paired bootstrap where the baseline entry keeps the
+bootstrap statistics of its per-image results (schema 2 baselines store them)
+and the result keeps per-image results over the same images, else by a z-test
+on the test-set size. With a tolerance, a value may drop by max(tolerance, k x
+its baseline std) as in schema 1 baselines, which always carry one.
+
 Which way is a drop comes from the record: each metric's higher_is_better as
 its protocol declares it (guessed from the name for schema-1 records, see
 benchmark.record.legacy_direction), kept in the baseline entry. A metric
@@ -30,13 +38,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from benchmark.bootstrap import Resampled
 from benchmark.errors import SslBenchError
 from benchmark.results import atomic_write_text
+from reports.noise import (ALPHA, DEFAULT_TOLERANCE, LEVEL, can_pair, default_bootstrap, images_measured,
+                           paired_verdict, record_statistics, scaled_allowance, statistics_from_json,
+                           statistics_to_json)
 from reports.records import RecordSet, as_direction, load_records
 
 BASELINE_KIND = "ssl-bench-baseline"
-BASELINE_SCHEMA = 1
-DEFAULT_TOLERANCE = 0.5  # metric points a value may drop before the gate fails
+BASELINE_SCHEMA = 2  # 2: tolerance may be null (noise-aware); entries add n_images and bootstrap
+READABLE_SCHEMAS = (1, 2)
 DEFAULT_K_STD = 2.0  # a multi-sample metric may drop by k x its baseline std when that exceeds the tolerance
 FAILING = ("dropped", "missing", "config_changed")
 COMPANIONS = ("_std", "_min", "_max")  # of a _mean metric
@@ -48,6 +60,7 @@ ENTRY_TYPES: dict[str, tuple[type, ...]] = {
     "dataset_digest": (str, type(None)), "seed": (int, type(None)), "tap": (str,), "metric": (str,),
     "higher_is_better": (bool,), "value": (int, float), "std": (int, float, type(None)),
 }
+NOISE_TYPES: dict[str, tuple[type, ...]] = {"n_images": (int, type(None)), "bootstrap": (dict, type(None))}  # schema 2
 SETTINGS = ("config", "protocol_version", "dataset", "dataset_digest", "seed")
 
 
@@ -72,6 +85,8 @@ class Entry:
     higher_is_better: bool
     value: float
     std: float | None
+    n_images: int | None = None  # test images behind the value, when known
+    stats: Resampled | None = dataclasses.field(default=None, compare=False, repr=False)  # bootstrap statistics
     path: str | None = dataclasses.field(default=None, compare=False)
 
     @property
@@ -86,7 +101,8 @@ class Entry:
         return {name: getattr(self, name) for name in SETTINGS}
 
     def to_json(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in ENTRY_TYPES}
+        return {**{name: getattr(self, name) for name in ENTRY_TYPES}, "n_images": self.n_images,
+                "bootstrap": None if self.stats is None else statistics_to_json(self.stats)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +110,7 @@ class Baseline:
     """A parsed baseline file."""
 
     path: Path
-    tolerance: float
+    tolerance: float | None  # None: noise-aware
     created: str | None
     entries: tuple[Entry, ...]
 
@@ -138,7 +154,7 @@ class Comparison:
     """Rows for every baseline entry, then the results the baseline lacks."""
 
     rows: tuple[Row, ...]
-    tolerance: float
+    tolerance: float | None  # None: noise-aware
     k_std: float
 
     @property
@@ -161,11 +177,12 @@ class Comparison:
 
 
 def entries_of(records: RecordSet) -> list[Entry]:
-    """Every gated (checkpoint, protocol, tap, metric) of the records, with its settings and, when known, std.
+    """Every gated (checkpoint, protocol, tap, metric) of the records, with its settings, std, test-image count
+    and bootstrap statistics where known.
 
     Metrics without a direction (spreads) and the companions of a _mean are left out.
     """
-    entries = []
+    entries, bootstrap = [], default_bootstrap()
     for row in records.frame.itertuples(index=False):
         record = records.records[row.path]
         tap_metrics = record["metrics"][row.tap]
@@ -178,6 +195,7 @@ def entries_of(records: RecordSet) -> list[Entry]:
         std = tap_metrics.get(metric[:-len("_mean")] + "_std") if metric.endswith("_mean") else None
         protocol = record["protocol"]
         dataset = record.get("dataset") or {}
+        stats = record_statistics(str(row.path), record, str(row.tap), metric, bootstrap)
         entries.append(Entry(
             checkpoint=str(row.checkpoint), protocol=str(row.protocol),
             protocol_version=_optional_str(protocol.get("version")), variant=str(row.variant),
@@ -185,7 +203,8 @@ def entries_of(records: RecordSet) -> list[Entry]:
             dataset=_optional_str(dataset.get("name")), dataset_digest=_optional_str(dataset.get("digest")),
             seed=record.get("seed"), tap=str(row.tap), metric=metric,
             higher_is_better=higher, value=float(row.value),
-            std=None if std is None else float(std), path=str(row.path)))
+            std=None if std is None else float(std), n_images=images_measured(record, stats), stats=stats,
+            path=str(row.path)))
     return entries
 
 
@@ -196,15 +215,15 @@ def _optional_str(value: Any) -> str | None:
 # ------------------------------------------------------------------------------------------------ baseline
 
 
-def write_baseline(records: RecordSet, path: Path, tolerance: float = DEFAULT_TOLERANCE) -> Path:
-    """Write every gated number of `records` as a baseline file at `path` (atomically)."""
+def write_baseline(records: RecordSet, path: Path, tolerance: float | None = None) -> Path:
+    """Write every gated number of `records` as a baseline file at `path` (atomically); tolerance None: noise-aware."""
     path = Path(path)
     entries = sorted(entries_of(records), key=lambda e: (*e.key, json.dumps(e.settings(), sort_keys=True)))
     document = {
         "kind": BASELINE_KIND,
         "schema_version": BASELINE_SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "tolerance": check_tolerance(tolerance),
+        "tolerance": None if tolerance is None else check_tolerance(tolerance),
         "entries": [entry.to_json() for entry in entries],
     }
     atomic_write_text(path, json.dumps(document, indent=2, sort_keys=True) + "\n")
@@ -228,24 +247,28 @@ def read_baseline(path: Path) -> Baseline:
         raise SslBenchError(f"baseline {path} is not an ssl-bench baseline (no \"kind\": \"{BASELINE_KIND}\"); "
                             f"{regenerate}")
     version = document.get("schema_version")
-    if version != BASELINE_SCHEMA:
+    if isinstance(version, bool) or version not in READABLE_SCHEMAS:
         raise SslBenchError(f"baseline {path} has schema_version {version}; this ssl-bench reads "
-                            f"{BASELINE_SCHEMA}: regenerate it with `ssl-bench regress --write-baseline`")
+                            f"{', '.join(map(str, READABLE_SCHEMAS))}: regenerate it with `ssl-bench regress "
+                            "--write-baseline`")
     tolerance = document.get("tolerance")
-    if not _is_number(tolerance) or tolerance < 0:
-        raise SslBenchError(f"baseline {path} has tolerance {tolerance!r}, expected a number >= 0; {regenerate}")
+    if (tolerance is not None or version == 1) and (not _is_number(tolerance) or tolerance < 0):
+        raise SslBenchError(f"baseline {path} has tolerance {tolerance!r}, expected a number >= 0"
+                            f"{' or null (noise-aware)' if version > 1 else ''}; {regenerate}")
     raw_entries = document.get("entries")
     if not isinstance(raw_entries, list) or not raw_entries:
         raise SslBenchError(f"baseline {path} has no entries; {regenerate}")
-    entries = tuple(_parse_entry(raw, i, path, regenerate) for i, raw in enumerate(raw_entries))
+    types = ENTRY_TYPES if version == 1 else {**ENTRY_TYPES, **NOISE_TYPES}
+    entries = tuple(_parse_entry(raw, i, path, regenerate, types) for i, raw in enumerate(raw_entries))
     created = document.get("created")
-    return Baseline(path, float(tolerance), created if isinstance(created, str) else None, entries)
+    return Baseline(path, None if tolerance is None else float(tolerance), created if isinstance(created, str) else None,
+                    entries)
 
 
-def _parse_entry(raw: Any, index: int, path: Path, regenerate: str) -> Entry:
+def _parse_entry(raw: Any, index: int, path: Path, regenerate: str, schema: dict[str, tuple[type, ...]]) -> Entry:
     if not isinstance(raw, dict):
         raise SslBenchError(f"baseline {path}: entry {index} is not an object; {regenerate}")
-    for key, types in ENTRY_TYPES.items():
+    for key, types in schema.items():
         value = raw.get(key)
         if key not in raw or not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
             raise SslBenchError(f"baseline {path}: entry {index} has a missing or mistyped '{key}' "
@@ -256,7 +279,13 @@ def _parse_entry(raw: Any, index: int, path: Path, regenerate: str) -> Entry:
     fields = {key: raw[key] for key in ENTRY_TYPES}
     fields["value"] = float(fields["value"])
     fields["std"] = None if fields["std"] is None else float(fields["std"])
-    return Entry(**fields, path=str(path))
+    stats = None
+    if raw.get("bootstrap") is not None:
+        try:
+            stats = statistics_from_json(raw["bootstrap"], fields["value"], fields["dataset_digest"])
+        except ValueError as exc:
+            raise SslBenchError(f"baseline {path}: entry {index} has a broken 'bootstrap' ({exc}); {regenerate}") from None
+    return Entry(**fields, n_images=raw.get("n_images"), stats=stats, path=str(path))
 
 
 def _is_number(value: Any) -> bool:
@@ -275,7 +304,10 @@ def check_tolerance(tolerance: Any) -> float:
 
 def compare(baseline: Baseline, records: RecordSet, tolerance: float | None = None,
             k_std: float = DEFAULT_K_STD) -> Comparison:
-    """Judge every baseline entry against the results; results the baseline lacks come last as 'new'."""
+    """Judge every baseline entry against the results; results the baseline lacks come last as 'new'.
+
+    tolerance None: the baseline's, which None makes noise-aware.
+    """
     tolerance = baseline.tolerance if tolerance is None else check_tolerance(tolerance)
     by_key: dict[tuple[str, str, str, str], list[Entry]] = defaultdict(list)
     for entry in entries_of(records):
@@ -304,10 +336,18 @@ def compare(baseline: Baseline, records: RecordSet, tolerance: float | None = No
     return Comparison(tuple(rows), tolerance, k_std)
 
 
-def judge(base: Entry, result: Entry, tolerance: float, k_std: float = DEFAULT_K_STD) -> Row:
-    """ok, improved or dropped: a change beyond max(tolerance, k_std x std) counts, std being the baseline's."""
-    allowance, why = tolerance, f"tolerance {tolerance:g}"
-    if base.std is not None and k_std * base.std > tolerance:
+def judge(base: Entry, result: Entry, tolerance: float | None, k_std: float = DEFAULT_K_STD) -> Row:
+    """ok, improved or dropped: a change beyond max(allowance, k_std x std) counts, std being the baseline's.
+
+    The allowance is the tolerance; without one (None), a paired bootstrap decides where both sides keep
+    per-image statistics over the same images, else the z-test allowance on the test-set size.
+    """
+    direction = "" if base.higher_is_better else "; lower is better"
+    if tolerance is None and can_pair(base.stats, result.stats):
+        verdict = paired_verdict(base.stats, result.stats, base.higher_is_better)
+        return _row(base, verdict.status, result.value, None, verdict.note + direction, result.path)
+    allowance, why = (tolerance, f"tolerance {tolerance:g}") if tolerance is not None else _noise_allowance(base, result)
+    if base.std is not None and k_std * base.std > allowance:
         allowance, why = k_std * base.std, f"{k_std:g} x std {base.std:.2f}"
     gain = result.value - base.value if base.higher_is_better else base.value - result.value
     if gain < -allowance - EPSILON:
@@ -316,8 +356,16 @@ def judge(base: Entry, result: Entry, tolerance: float, k_std: float = DEFAULT_K
         status = "improved"
     else:
         status = "ok"
-    direction = "" if base.higher_is_better else "; lower is better"
     return _row(base, status, result.value, allowance, f"allowed {allowance:.2f} ({why}){direction}", result.path)
+
+
+def _noise_allowance(base: Entry, result: Entry) -> tuple[float, str]:
+    """The z-test allowance on the test-set size for a percentage, else the default tolerance, and why."""
+    n_images = base.n_images or result.n_images
+    allowance = scaled_allowance(base.value, result.value, n_images) if base.higher_is_better else None
+    if allowance is None:
+        return DEFAULT_TOLERANCE, f"tolerance {DEFAULT_TOLERANCE:g}: no per-image results and no test-set size"
+    return allowance, f"z-test on {n_images} test images, {LEVEL}"
 
 
 def _row(entry: Entry, status: str, value: float | None, allowance: float | None, note: str,
@@ -356,9 +404,12 @@ def summary_line(comparison: Comparison) -> str:
     detail = ", ".join(f"{counts[s]} {s}" for s in FAILING if counts[s])
     others = ", ".join(f"{counts[s]} {s}" for s in ("ok", "improved", "new") if counts[s])
     std_rule = f"{comparison.k_std:g} x std for multi-sample metrics"
+    rule = (f"tolerance {comparison.tolerance:g} points" if comparison.tolerance is not None else
+            f"noise-aware: a drop fails when significant at {LEVEL} (p <= {ALPHA:g}), by a paired bootstrap of "
+            "per-image results, else a z-test on the test-set size")
     return (f"ssl-bench regress: {'FAILED' if comparison.failed else 'PASSED'}: {len(comparison.compared)} "
             f"compared, {failed} failed{f' ({detail})' if detail else ''}{f'; {others}' if others else ''} "
-            f"(tolerance {comparison.tolerance:g} points, {std_rule})")
+            f"({rule}, {std_rule})")
 
 
 def to_markdown(comparison: Comparison) -> str:
@@ -439,7 +490,7 @@ def run_regress(baseline_path: Path, results_dirs: Sequence[Path], tolerance: fl
                 warn: Callable[[str], None] | None = None, emit: Callable[[str], None] | None = None) -> int:
     """`ssl-bench regress`: 0 pass, 1 regression; the Markdown summary goes to `emit` (default: stdout).
 
-    With write_baseline, the results become the baseline (tolerance: the given one or the default) and 0 is
+    With write_baseline, the results become the baseline (tolerance: the given one, else noise-aware) and 0 is
     returned. Bad input raises SslBenchError (the CLI exits 2).
     """
     emit = emit or _stdout
@@ -447,7 +498,7 @@ def run_regress(baseline_path: Path, results_dirs: Sequence[Path], tolerance: fl
         tolerance = check_tolerance(tolerance)
     records = load_records([Path(d) for d in results_dirs], strict=strict, warn=warn)
     if write_baseline:
-        _rebase(records, Path(baseline_path), DEFAULT_TOLERANCE if tolerance is None else tolerance, emit)
+        _rebase(records, Path(baseline_path), tolerance, emit)
         return 0
     comparison = compare(read_baseline(Path(baseline_path)), records, tolerance)
     emit(to_markdown(comparison))
@@ -456,11 +507,13 @@ def run_regress(baseline_path: Path, results_dirs: Sequence[Path], tolerance: fl
     return 1 if comparison.failed else 0
 
 
-def _rebase(records: RecordSet, path: Path, tolerance: float, emit: Callable[[str], None]) -> None:
+def _rebase(records: RecordSet, path: Path, tolerance: float | None, emit: Callable[[str], None]) -> None:
     """The --write-baseline branch (a function of its own: run_regress's flag shadows write_baseline)."""
     write_baseline(records, path, tolerance)
-    emit(f"ssl-bench regress: wrote baseline {path} ({len(read_baseline(path).entries)} entries, "
-         f"tolerance {tolerance:g} points)")
+    entries = read_baseline(path).entries
+    rule = (f"tolerance {tolerance:g} points" if tolerance is not None else
+            f"noise-aware at {LEVEL}, {sum(e.stats is not None for e in entries)} with bootstrap statistics")
+    emit(f"ssl-bench regress: wrote baseline {path} ({len(entries)} entries, {rule})")
 
 
 def _stdout(text: str) -> None:

@@ -195,7 +195,7 @@ def test_lower_is_better_metrics(tmp_path):
     base_results, results = tmp_path / "base", tmp_path / "results"
     metrics = {"res5": {"median_error": 20.0, "within_11.25": 30.0}}
     write_record(base_results, "ckpt", "surface_normals", metrics, config={}, primary="median_error")
-    path = write_baseline(load_records([base_results]), tmp_path / "baseline.json")
+    path = write_baseline(load_records([base_results]), tmp_path / "baseline.json", tolerance=0.5)
     write_record(results, "ckpt", "surface_normals", {"res5": {"median_error": 21.0, "within_11.25": 31.0}},
                  config={}, primary="median_error")
     comparison = compare(read_baseline(path), load_records([results]))
@@ -205,13 +205,13 @@ def test_lower_is_better_metrics(tmp_path):
 
 def test_baseline_file_round_trip(tmp_path, baseline):
     document = json.loads(baseline.read_text())
-    assert (document["kind"], document["schema_version"], document["tolerance"]) == ("ssl-bench-baseline", 1, 0.5)
+    assert (document["kind"], document["schema_version"], document["tolerance"]) == ("ssl-bench-baseline", 2, 0.5)
     assert len(document["entries"]) == 8 and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     first = document["entries"][0]
     assert first == {"checkpoint": "ckpt_a", "protocol": "knn", "protocol_version": "1", "variant": "knn",
                      "config_digest": first["config_digest"], "config": KNN_CONFIG, "dataset": "synthetic",
                      "dataset_digest": "d" * 64, "seed": 0, "tap": "res4", "metric": "top1_k20",
-                     "higher_is_better": True, "value": 50.0, "std": None}
+                     "higher_is_better": True, "value": 50.0, "std": None, "n_images": 8, "bootstrap": None}
     parsed = read_baseline(baseline)
     assert [e.to_json() for e in parsed.entries] == document["entries"]
     assert list(parsed.entries) == sorted(entries_of(load_records([tmp_path / "base_results"])), key=lambda e: e.key)
@@ -238,8 +238,8 @@ def test_write_baseline_through_run_regress(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    ('{"kind": "ssl-bench-baseline", "schema_version": 2, "tolerance": 0.5, "entries": []}',
-     ("baseline {path} has schema_version 2; this ssl-bench reads 1: regenerate it with "
+    ('{"kind": "ssl-bench-baseline", "schema_version": 3, "tolerance": 0.5, "entries": []}',
+     ("baseline {path} has schema_version 3; this ssl-bench reads 1, 2: regenerate it with "
       "`ssl-bench regress --write-baseline`")),
     ("{not json", "baseline {path} is not JSON"),
     ('{"schema_version": 1, "entries": []}', "baseline {path} is not an ssl-bench baseline"),
@@ -309,9 +309,9 @@ def test_cli_exit_codes_and_stdout(tmp_path, baseline, capsys):
     assert out.startswith("ssl-bench regress: FAILED") and "| dropped | ckpt_a |" in out
     assert ET.parse(junit).getroot().get("failures") == "1"
     assert main(["regress", "--baseline", str(baseline), "--results", str(results), "--tolerance", "6"]) == 0
-    (tmp_path / "v2.json").write_text('{"kind": "ssl-bench-baseline", "schema_version": 2}')
-    assert main(["regress", "--baseline", str(tmp_path / "v2.json"), "--results", str(results)]) == 2
-    assert "schema_version 2" in capsys.readouterr().err
+    (tmp_path / "v3.json").write_text('{"kind": "ssl-bench-baseline", "schema_version": 3}')
+    assert main(["regress", "--baseline", str(tmp_path / "v3.json"), "--results", str(results)]) == 2
+    assert "schema_version 3" in capsys.readouterr().err
 
 
 def test_two_configs_in_the_baseline_match_their_own_results(tmp_path):

@@ -117,16 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "as stored by every run; another N resamples the per-image arrays again)")
 
     regress = commands.add_parser("regress", help="fail when results drop below a baseline (for CI)",
-                                  description="Compare result records with a baseline; exit 1 on a significant "
-                                              "drop, a missing result or a changed config. Without a tolerance "
-                                              "a drop is significant at one-sided 95% (p <= 0.05): a paired "
-                                              "bootstrap of baseline and result over the same test images where "
-                                              "both keep per-image results, else a z-test on the test-set size.")
+                                  description="Compare result records with a baseline; exit 1 on a drop "
+                                              "beyond tolerance, a missing result or a changed config.")
     regress.add_argument("--baseline", type=Path, required=True, metavar="FILE")
     regress.add_argument("--results", type=Path, nargs="+", default=[Path("results")], metavar="DIR")
     regress.add_argument("--tolerance", type=float, default=None, metavar="POINTS",
-                         help="allowed drop in metric points instead of the noise-aware test (default: the "
-                              "baseline's; --write-baseline without it makes a noise-aware baseline)")
+                         help="allowed drop in metric points (default: the baseline's)")
     regress.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML for CI systems")
     regress.add_argument("--write-baseline", action="store_true",
                          help="write the current results as the new baseline instead of comparing")
@@ -142,8 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     make_data.add_argument("--seed", type=int, default=0)
     make_data.add_argument("--size", default=None, help="tiny or small (default: tiny)")
     make_data.add_argument("--mat", type=Path, metavar="FILE",
-                           help="nyuv2-from-mat: nyu_depth_v2_labeled.mat (normals are computed from its depth)")
+                           help="nyuv2-from-mat: nyu_depth_v2_labeled.mat (normals: --normals, else its depth)")
     make_data.add_argument("--splits", type=Path, metavar="FILE", help="nyuv2-from-mat: the official splits.mat")
+    make_data.add_argument("--normals", type=Path, metavar="DIR",
+                           help="nyuv2-from-mat: ground-truth normals, one nm_NNNNNN.mat (nx, ny, nz, depthValid) "
+                                "per image; without it normals are computed from depth")
     return parser
 
 
@@ -278,7 +277,7 @@ def cmd_make_data(args: argparse.Namespace) -> int:
         if args.mat is None or args.splits is None:
             raise SslBenchError("make-data nyuv2-from-mat needs --mat nyu_depth_v2_labeled.mat "
                                 "and --splits splits.mat")
-        path = convert_mat(args.mat, args.splits, args.out)
+        path = convert_mat(args.mat, args.splits, args.out, normals_dir=args.normals)
     else:
         path = make_data(args.kind, args.out, seed=args.seed, size=args.size)
     print(f"wrote {args.kind} data to {path}")

@@ -121,6 +121,7 @@ class RunContext:
     identity: dict[str, Any] = dataclasses.field(default_factory=dict)
     batch_size: int = 64
     workers: int = 0
+    cache_dir: Path | None = None  # the run's --cache folder (None: --no-cache); protocols cache derived data there
 
     def features(self, split: str, taps: Iterable[str] | None = None) -> FeatureSet:
         """Pooled features of `split` for `taps` (default: the run's taps), from the cache when present."""

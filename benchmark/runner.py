@@ -154,7 +154,7 @@ def run(options: RunOptions, progress_factory: Callable[..., Any] | None = None,
     context = RunContext(backbone=backbone, taps=taps, dataset=dataset, device=device, seed=options.seed,
                          state=state, extract=extract, progress_factory=progress_factory, log=log,
                          input=input_spec, artifacts=artifacts, resume=options.resume, identity=identity,
-                         batch_size=options.batch_size, workers=options.workers)
+                         batch_size=options.batch_size, workers=options.workers, cache_dir=options.cache_dir)
     protocol_started = time.perf_counter()
     result = protocol.run(context, config)
     protocol_seconds = time.perf_counter() - protocol_started

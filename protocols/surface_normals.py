@@ -7,10 +7,10 @@ dilated 2 then 4) and a pyramid-pooling head (PSPNet: bins 1, 2, 3, 6) reads
 res5. Stages up to `freeze_at` (default res4) are frozen in eval mode; res5
 and the head train. Targets: each valid ground-truth normal's nearest of
 `clusters` k-means centres of the training normals (faiss, spherical, computed
-once from a seeded sample and cached by dataset digest under the feature cache
-folder); per-pixel cross-entropy on logits upsampled to the image; the
-prediction is the probability-weighted sum of the centres, renormalised.
-`head=cosine` regresses unit normals directly (loss 1 - cos). SGD momentum 0.9,
+once from a seeded sample and cached by dataset digest under the run's --cache
+folder, or in the run's artifacts with --no-cache); per-pixel cross-entropy on
+logits upsampled to the image; the prediction is the probability-weighted sum
+of the centres, renormalised. `head=cosine` regresses unit normals directly (loss 1 - cos). SGD momentum 0.9,
 weight decay 1e-4, lr 0.02 with poly decay (power 0.9). Training images are
 seeded horizontal flips (normals' x negated) and, with `crop_size`, random crops.
 
@@ -263,10 +263,12 @@ class JointAugment:
 # ---------------------------------------------------------------- codebook
 
 def codebook_path(ctx: RunContext, split: str, config: SurfaceNormalsConfig) -> Path:
-    from benchmark.runner import default_cache_dir
+    """Under the run's --cache folder; with --no-cache in the run's own artifacts (kept for its resume only)."""
     key = (f"{ctx.dataset.name}-{ctx.dataset.digest()[:16]}-{split}-k{config.clusters}-"
            f"n{config.codebook_samples}-s{ctx.seed}-v{CODEBOOK_VERSION}")
-    return default_cache_dir() / "normals_codebook" / f"{key}.npy"
+    folder = ctx.cache_dir if ctx.cache_dir is not None else ctx.artifacts
+    assert folder is not None, "a RunContext without cache_dir needs artifacts"
+    return Path(folder) / "normals_codebook" / f"{key}.npy"
 
 
 def compute_codebook(dataset: Any, split: str, clusters: int, samples: int, seed: int) -> np.ndarray:

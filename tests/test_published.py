@@ -83,8 +83,8 @@ def test_nyuv2_needs_the_published_split_and_ground_truth_normals(tmp_path):
     real = Stub(tmp_path, {"train": 795, "test": 654})
     assert "normals_source.txt is missing" in published_as(real, "nyuv2")["why"]
     (tmp_path / NORMALS_SOURCE).write_text("computed from depth (not Ladicky et al.'s ground truth)\n")
-    assert published_as(real, "nyuv2") == {
-        "as": None, "why": "nyuv2 normals are computed from depth (not Ladicky et al.'s ground truth), not ground truth"}
+    assert published_as(real, "nyuv2") == {"as": None, "why": "nyuv2 normals are computed from depth "
+                                                            "(not Ladicky et al.'s ground truth), not ground truth"}
     (tmp_path / NORMALS_SOURCE).write_text("ground truth: normals.mat\n")
     assert published_as(real, "nyuv2")["as"] == "nyuv2"
     assert published_as(Stub(tmp_path, {"train": 16, "test": 8}), "nyuv2")["why"] == (

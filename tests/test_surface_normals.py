@@ -97,6 +97,46 @@ def test_cli_run_writes_a_record_and_beats_a_constant_normal(capsys, tmp_path, n
     assert metrics["mean"] < constant["mean"] - 5, (metrics, constant)
 
 
+class Interrupted(Exception):
+    pass
+
+
+def stop_training_after(batches: int):
+    """A progress factory that interrupts training after `batches` batches over all epochs (other bars run through)."""
+    seen = {"train": 0}
+
+    def progress(iterable, desc="", **kwargs):
+        for item in iterable:
+            if desc.startswith("train"):
+                seen["train"] += 1
+                if seen["train"] > batches:
+                    raise Interrupted
+            yield item
+    return progress
+
+
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path, nyu_root, monkeypatch):
+    from benchmark.runner import RunOptions, run
+
+    monkeypatch.setenv("SSL_BENCH_CACHE", str(tmp_path / "default"))
+    options = dict(checkpoint="random:resnet18", protocol="surface_normals", data_root=nyu_root, device="cpu",
+                   overrides={"epochs": "1", "batch_size": "4", "head_channels": "16", "save_every": "2",
+                              "clusters": "8", "codebook_samples": "4000"})
+    straight, _ = run(RunOptions(results_dir=tmp_path / "a", cache_dir=tmp_path / "cache", **options))
+    with pytest.raises(Interrupted):
+        run(RunOptions(results_dir=tmp_path / "b", cache_dir=None, **options), progress_factory=stop_training_after(3))
+    resumed, _ = run(RunOptions(results_dir=tmp_path / "b", cache_dir=None, resume=True, **options))
+    assert straight["details"]["training"]["resumed_from_step"] is None
+    assert resumed["details"]["training"]["resumed_from_step"] == 2
+    assert resumed["metrics"] == straight["metrics"]
+    assert resumed["details"]["training"]["history"] == straight["details"]["training"]["history"]
+    # the codebook lives where --cache says, or beside the record with --no-cache; never in the default cache
+    codebook = straight["details"]["codebook"]["file"]
+    assert [p.name for p in (tmp_path / "cache" / "normals_codebook").iterdir()] == [codebook]
+    assert [p.name for p in (tmp_path / "b").rglob("normals_codebook/*.npy")] == [codebook]
+    assert not (tmp_path / "default" / "features").exists()
+
+
 def test_cosine_head_runs_with_a_frozen_trunk(capsys, tmp_path, nyu_root):
     assert main(run_args(nyu_root, tmp_path / "results", "--set", "epochs=1", "--set", "batch_size=8",
                          "--set", "head=cosine", "--set", "freeze_at=res5", "--set", "head_channels=32",

@@ -114,3 +114,82 @@ def test_bad_mat_files_are_one_line(capsys, tmp_path, spoil):
 def test_missing_mat_arguments(capsys, tmp_path):
     assert main(["make-data", "nyuv2-from-mat", "--out", str(tmp_path)]) == 2
     assert "--mat" in capsys.readouterr().err
+
+
+def random_normals(rng: np.random.Generator) -> np.ndarray:
+    """(H, W, 3) float64 unit normals pointing anywhere: not what depth would give."""
+    n = rng.normal(size=(H, W, 3))
+    return n / np.linalg.norm(n, axis=-1, keepdims=True)
+
+
+def write_ground_truth(folder: Path, numbers: list[int], v73: tuple[int, ...] = ()) -> dict[int, tuple]:
+    """Per-image files as MarrRevisited distributes them: nm_NNNNNN.mat with nx, ny, nz, depthValid (MATLAB v5;
+    the numbers in `v73` as v7.3 HDF5, arrays transposed as MATLAB stores them)."""
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    truth = {}
+    for number in numbers:
+        normals = random_normals(rng)
+        valid = rng.random((H, W)) > 0.3
+        arrays = {"nx": normals[..., 0], "ny": normals[..., 1], "nz": normals[..., 2], "depthValid": valid * 1.0}
+        if number in v73:
+            with h5py.File(folder / f"{number:06d}.mat", "w") as handle:
+                for key, value in arrays.items():
+                    handle[key] = value.T
+        else:
+            scipy.io.savemat(folder / f"nm_{number:06d}.mat", arrays)
+        truth[number] = (normals, valid)
+    return truth
+
+
+def test_ground_truth_normals_are_imported_instead_of_depth_normals(capsys, tmp_path):
+    mat, splits, _ = write_official(tmp_path)
+    truth = write_ground_truth(tmp_path / "GT_Normals", [1, 2, 3, 4, 5], v73=(2,))
+    out = tmp_path / "nyu"
+    assert main(["make-data", "nyuv2-from-mat", "--mat", str(mat), "--splits", str(splits), "--out", str(out),
+                 "--normals", str(tmp_path / "GT_Normals")]) == 0
+    nyu = NyuV2(out)
+    for split in nyu.splits:
+        for i, image_id in enumerate(nyu.ids(split)):
+            normals, valid = truth[int(image_id)]
+            gt, mask = nyu.targets(split, i)
+            assert np.array_equal(mask, valid)
+            angles = np.degrees(np.arccos(np.clip((gt[mask] * normals[valid]).sum(-1), -1, 1)))
+            assert angles.max() < 1.0  # the file's normals, within 8-bit quantisation
+    assert (out / "normals_source.txt").read_text().startswith("ground truth: ")
+    main(["make-data", "nyuv2-from-mat", "--mat", str(mat), "--splits", str(splits), "--out", str(tmp_path / "d")])
+    assert (tmp_path / "d" / "normals_source.txt").read_text().startswith("computed from depth")
+
+
+def _missing_image(folder):
+    (folder / "nm_000003.mat").unlink()
+    return "no ground-truth normals for image 3"
+
+
+def _wrong_size(folder):
+    scipy.io.savemat(folder / "nm_000003.mat", {k: np.zeros((4, 4)) for k in ("nx", "ny", "nz", "depthValid")})
+    return "do not all match the image's 48x64"
+
+
+def _not_unit(folder):
+    scipy.io.savemat(folder / "nm_000003.mat", {**{k: np.full((H, W), 0.2) for k in ("nx", "ny", "nz")},
+                                                "depthValid": np.ones((H, W))})
+    return "valid pixels are not unit normals"
+
+
+def _no_valid_key(folder):
+    scipy.io.savemat(folder / "nm_000003.mat", {k: np.ones((H, W)) for k in ("nx", "ny", "nz")})
+    return "has no 'depthValid'"
+
+
+@pytest.mark.parametrize("spoil", [_missing_image, _wrong_size, _not_unit, _no_valid_key])
+def test_bad_ground_truth_normals_are_one_line(capsys, tmp_path, spoil):
+    mat, splits, _ = write_official(tmp_path)
+    write_ground_truth(tmp_path / "gt", [1, 2, 3, 4, 5])
+    fragment = spoil(tmp_path / "gt")
+    code = main(["make-data", "nyuv2-from-mat", "--mat", str(mat), "--splits", str(splits),
+                 "--out", str(tmp_path / "out"), "--normals", str(tmp_path / "gt")])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert fragment in lines[0], lines[0]

@@ -213,19 +213,25 @@ def _read_splits(path: Path, n_images: int) -> dict[str, list[int]]:
     return splits
 
 
-def convert_mat(mat: Path, splits: Path, out: Path, smooth: int = 5) -> Path:
+def convert_mat(mat: Path, splits: Path, out: Path, smooth: int = 5, normals_dir: Path | None = None) -> Path:
     """`ssl-bench make-data nyuv2-from-mat`: nyu_depth_v2_labeled.mat + splits.mat -> out/{images,normals,masks}/
     ID.png and out/splits/{train,test}.txt, ID = the 1-based image number on 4 digits (0001..1449).
 
-    The .mat holds no surface normals: they are computed from 'depths' (normals_from_depth), masked to pixels
-    with measured depth ('rawDepths' > 0) when the file has it. They differ from Ladicky et al.'s ground truth
-    that published NYUv2 normal numbers use.
+    The .mat holds no surface normals. With `normals_dir` they are the ground truth published NYUv2 numbers
+    use, one file per image in its distributed layout (benchmark.data.nyuv2_normals); otherwise they are
+    computed from 'depths' (normals_from_depth), masked to pixels with measured depth ('rawDepths' > 0) when
+    the file has it, and differ from that ground truth. out/normals_source.txt says which (reports show
+    published rows only beside ground truth).
     """
     import h5py
+    from benchmark.data.nyuv2_normals import ground_truth_file, read_ground_truth
+    from benchmark.data.published import GROUND_TRUTH, NORMALS_SOURCE
     from benchmark.data.synthetic import encode_normals
     mat, out = Path(mat).expanduser(), Path(out).expanduser()
     require_file(mat, "NYUv2 .mat file", _MAT_HINT)
     require_file(Path(splits).expanduser(), "NYUv2 splits file", _MAT_HINT)
+    if normals_dir is not None:
+        normals_dir = require_dir(Path(normals_dir).expanduser(), "NYUv2 ground-truth normals", _MAT_HINT)
     try:
         handle = h5py.File(mat, "r")
     except OSError as error:
@@ -250,12 +256,18 @@ def convert_mat(mat: Path, splits: Path, out: Path, smooth: int = 5) -> Path:
         for k in sorted(set(chosen["train"]) | set(chosen["test"])):
             image_id = f"{k + 1:04d}"
             depth = np.asarray(depths[k]).T
-            measured = np.asarray(raw[k]).T > 0 if raw is not None else None
-            normals, mask = normals_from_depth(depth, smooth=smooth, valid=measured)
+            if normals_dir is not None:
+                normals, mask = read_ground_truth(ground_truth_file(normals_dir, k + 1), depth.shape)
+            else:
+                measured = np.asarray(raw[k]).T > 0 if raw is not None else None
+                normals, mask = normals_from_depth(depth, smooth=smooth, valid=measured)
             Image.fromarray(np.ascontiguousarray(np.asarray(images[k]).transpose(2, 1, 0))).save(
                 out / "images" / f"{image_id}.png")
             Image.fromarray(encode_normals(normals)).save(out / "normals" / f"{image_id}.png")
             Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / f"{image_id}.png")
     for split, indices in chosen.items():
         (out / "splits" / f"{split}.txt").write_text("".join(f"{k + 1:04d}\n" for k in indices))
+    source = (f"{GROUND_TRUTH}: {normals_dir}" if normals_dir is not None else
+              "computed from depth (not Ladicky et al.'s ground truth)")
+    (out / NORMALS_SOURCE).write_text(source + "\n")
     return out

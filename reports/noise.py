@@ -114,7 +114,7 @@ def can_pair(base: Resampled | None, result: Resampled | None) -> bool:
 
 
 def scaled_allowance(base_value: float, value: float, n_images: int | None) -> float | None:
-    """The drop a one-sided 95% two-proportion z-test allows between percentages on n images; None if it does not apply."""
+    """The drop a one-sided 95% two-proportion z-test allows between percentages on n images, or None."""
     if n_images is None or not (0.0 <= base_value <= 100.0 and 0.0 <= value <= 100.0):
         return None
     p = (base_value + value) / 200.0

@@ -261,8 +261,8 @@ def read_baseline(path: Path) -> Baseline:
     types = ENTRY_TYPES if version == 1 else {**ENTRY_TYPES, **NOISE_TYPES}
     entries = tuple(_parse_entry(raw, i, path, regenerate, types) for i, raw in enumerate(raw_entries))
     created = document.get("created")
-    return Baseline(path, None if tolerance is None else float(tolerance), created if isinstance(created, str) else None,
-                    entries)
+    return Baseline(path, None if tolerance is None else float(tolerance),
+                    created if isinstance(created, str) else None, entries)
 
 
 def _parse_entry(raw: Any, index: int, path: Path, regenerate: str, schema: dict[str, tuple[type, ...]]) -> Entry:
@@ -284,7 +284,8 @@ def _parse_entry(raw: Any, index: int, path: Path, regenerate: str, schema: dict
         try:
             stats = statistics_from_json(raw["bootstrap"], fields["value"], fields["dataset_digest"])
         except ValueError as exc:
-            raise SslBenchError(f"baseline {path}: entry {index} has a broken 'bootstrap' ({exc}); {regenerate}") from None
+            raise SslBenchError(f"baseline {path}: entry {index} has a broken 'bootstrap' ({exc}); "
+                                f"{regenerate}") from None
     return Entry(**fields, n_images=raw.get("n_images"), stats=stats, path=str(path))
 
 
@@ -346,7 +347,10 @@ def judge(base: Entry, result: Entry, tolerance: float | None, k_std: float = DE
     if tolerance is None and can_pair(base.stats, result.stats):
         verdict = paired_verdict(base.stats, result.stats, base.higher_is_better)
         return _row(base, verdict.status, result.value, None, verdict.note + direction, result.path)
-    allowance, why = (tolerance, f"tolerance {tolerance:g}") if tolerance is not None else _noise_allowance(base, result)
+    if tolerance is None:
+        allowance, why = _noise_allowance(base, result)
+    else:
+        allowance, why = tolerance, f"tolerance {tolerance:g}"
     if base.std is not None and k_std * base.std > allowance:
         allowance, why = k_std * base.std, f"{k_std:g} x std {base.std:.2f}"
     gain = result.value - base.value if base.higher_is_better else base.value - result.value

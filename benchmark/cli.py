@@ -117,12 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "as stored by every run; another N resamples the per-image arrays again)")
 
     regress = commands.add_parser("regress", help="fail when results drop below a baseline (for CI)",
-                                  description="Compare result records with a baseline; exit 1 on a drop "
-                                              "beyond tolerance, a missing result or a changed config.")
+                                  description="Compare result records with a baseline; exit 1 on a significant "
+                                              "drop, a missing result or a changed config. Without a tolerance "
+                                              "a drop is significant at one-sided 95% (p <= 0.05): a paired "
+                                              "bootstrap of baseline and result over the same test images where "
+                                              "both keep per-image results, else a z-test on the test-set size.")
     regress.add_argument("--baseline", type=Path, required=True, metavar="FILE")
     regress.add_argument("--results", type=Path, nargs="+", default=[Path("results")], metavar="DIR")
     regress.add_argument("--tolerance", type=float, default=None, metavar="POINTS",
-                         help="allowed drop in metric points (default: the baseline's)")
+                         help="allowed drop in metric points instead of the noise-aware test (default: the "
+                              "baseline's; --write-baseline without it makes a noise-aware baseline)")
     regress.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML for CI systems")
     regress.add_argument("--write-baseline", action="store_true",
                          help="write the current results as the new baseline instead of comparing")

@@ -6,12 +6,15 @@ A format loader (registered by name in FORMATS) finds the trunk's state dict
 inside the file and renames its keys to torchvision's; the result is matched
 key by key against the backbone: missing keys, shape mismatches, NaN/Inf and
 an architecture other than the one asked for are errors, each one line.
+`--key`/`--prefix` point a loader at a trunk no layout knows.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -86,7 +89,7 @@ class LayoutFormat(FormatLoader):
     description: str
     containers: tuple[tuple[str, ...], ...]
     prefixes: tuple[str, ...]
-    markers: tuple[str, ...] = ("conv1.weight", "layer1.0.conv1.weight", "features.0.weight")
+    markers: tuple[str, ...] = ("conv1.weight", "layer1.0.conv1.weight", "features.0.weight", "patch_embed.proj.weight")
     rename: Callable[[str], str] = _same
 
     def locate(self, obj: Any) -> tuple[Mapping[str, Any], str] | None:
@@ -184,6 +187,18 @@ def _stride_in_1x1(obj: Any, forced: bool | None, fmt: str) -> tuple[bool, str]:
                         f"stride is unknown; name it: {_STRIDE_HINT}")
 
 
+class MocoV3Format(LayoutFormat):
+    """MoCo v3: its ViT-S has 12 heads (timm's has 6), which the keys cannot show, so the build is told."""
+
+    def extract(self, obj: Any) -> Extracted:
+        extracted = super().extract(obj)
+        proj = extracted.state.get("patch_embed.proj.weight")
+        if proj is not None and proj.shape[0] == 384:
+            extracted.build_kwargs = {"num_heads": 12}
+            extracted.meta = {"num_heads": 12}
+        return extracted
+
+
 @dataclasses.dataclass(frozen=True)
 class Detectron2Format(LayoutFormat):
     """detectron2 R50 (`model` dict, backbone.bottom_up./backbone./bare keys); STRIDE_IN_1X1 from evidence or forced."""
@@ -219,6 +234,8 @@ _BUILTIN_FORMATS: tuple[FormatLoader, ...] = (
                  ("_feature_blocks.", "trunk._feature_blocks.")),
     LayoutFormat("moco", 20, "MoCo v1/v2: 'state_dict' with 'module.encoder_q.' keys",
                  (("state_dict",), ()), ("module.encoder_q.", "encoder_q.")),
+    MocoV3Format("moco_v3", 20, "MoCo v3 (ResNet or ViT): 'state_dict' with 'module.base_encoder.' keys",
+                 (("state_dict",), ()), ("module.base_encoder.", "base_encoder.")),
     LayoutFormat("dino", 20, "DINO: a 'teacher' dict with 'module.backbone.' or 'backbone.' keys",
                  (("teacher",),), ("module.backbone.", "backbone.")),
     LayoutFormat("dino_student", 21, "DINO: a 'student' dict with 'module.backbone.' or 'backbone.' keys",
@@ -236,11 +253,16 @@ _BUILTIN_FORMATS: tuple[FormatLoader, ...] = (
                  _PLAIN, ("module.backbone.", "backbone.", "module.encoder.", "encoder.",
                           "online_network.encoder.", "online_encoder.net.")),
     LayoutFormat("sequential", 45, "a ResNet as nn.Sequential of its children: keys '0.weight', '4.0.conv1.weight' "
-                 "under 'backbone.', 'encoder.' or 'online_network.encoder.'",
-                 _PLAIN, ("module.backbone.", "backbone.", "module.encoder.", "encoder.",
-                          "online_network.encoder."), ("0.weight",), _sequential_to_torchvision),
-    LayoutFormat("torchvision", 100, "torchvision/timm state dict: 'conv1.weight', 'layer1.0...' "
-                 "(optionally under 'module.' or in 'state_dict')", _PLAIN, ("", "module.")),
+                 "under 'backbone.', 'encoder.' or 'online_network.encoder.' (PyTorch-BYOL: in "
+                 "'online_network_state_dict')",
+                 (*_PLAIN, ("online_network_state_dict",)), ("module.backbone.", "backbone.", "module.encoder.",
+                                                             "encoder.", "online_network.encoder."),
+                 ("0.weight",), _sequential_to_torchvision),
+    LayoutFormat("lightning", 50, "PyTorch Lightning: 'state_dict' with the trunk under 'model.'",
+                 (("state_dict",),), ("model.",)),
+    LayoutFormat("torchvision", 100, "torchvision/timm state dict: 'conv1.weight', 'layer1.0...' or a ViT's "
+                 "'patch_embed.proj.weight', 'blocks.0...' (optionally under 'module.', in 'state_dict' "
+                 "(iBOT) or 'model' (MAE, DeiT))", _PLAIN, ("", "module.")),
 )
 for _loader in _BUILTIN_FORMATS:
     FORMATS.register(_loader.name, _loader)
@@ -255,6 +277,11 @@ def _is_safetensors(head: bytes, size: int) -> bool:
         return False
     (header_len,) = struct.unpack("<Q", head[:8])
     return 0 < header_len <= size - 8 and head[8:9] == b"{"
+
+
+# Plain records training scripts save next to the weights (DINO, timm and torchvision-reference keep their
+# argparse arguments); rebuilding one runs no code of the file's choosing.
+SAFE_GLOBALS = [argparse.Namespace]
 
 
 def read_checkpoint(path: Path) -> Any:
@@ -273,7 +300,8 @@ def read_checkpoint(path: Path) -> Any:
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols it then refuses anyway
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(SAFE_GLOBALS):
+                return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch.load raises many types for foreign files
         raise SslBenchError(_load_failure(path, error)) from None
 
@@ -283,7 +311,8 @@ def _load_failure(path: Path, error: Exception) -> str:
     needs = re.search(r"GLOBAL ([\w.]+)", text)
     if needs:
         return (f"refusing to load {path}: unpickling it would run code ({needs[1]}); ssl-bench reads weights only "
-                f"(torch.load weights_only=True): re-save just the tensors, e.g. torch.save(ckpt['state_dict'], ...)")
+                f"(torch.load weights_only=True): re-save just the weights, e.g. torch.save(ckpt['teacher'], ...) for "
+                f"DINO/iBOT, ckpt['model'] for MAE/DeiT, ckpt['state_dict'] for most others")
     if "Unsupported operand" in text:
         return (f"refusing to load {path}: it is a plain pickle, not a torch.save file, and cannot be read "
                 f"without running code; re-save its tensors with torch.save")
@@ -328,10 +357,33 @@ def _extract_with(loader: FormatLoader, obj: Any, source: str) -> Extracted:
         raise SslBenchError(f"{source}: {error}") from None
 
 
-def extract(obj: Any, fmt: str | None, source: str) -> tuple[FormatLoader, Extracted]:
-    """Run the named format loader, or the first whose detect() accepts `obj`."""
+def _pointed(obj: Mapping[str, Any], fmt: str | None, key: str | None, prefix: str | None,
+             source: str) -> FormatLoader:
+    """The loader `--key`/`--prefix` describe: the named layout's renaming (timm/torchvision names by default)."""
+    base = FORMATS.get(fmt or "torchvision")
+    if not isinstance(base, LayoutFormat):
+        raise SslBenchError(f"--key/--prefix cannot be combined with --format {fmt}; drop one of them")
+    path = tuple(key.split(".")) if key and key not in obj else ((key,) if key else ())
+    container = _dig(obj, path)
+    if container is None:
+        raise SslBenchError(f"{source} has no dict under --key {key} (its top-level keys: {_top_keys(obj)})")
+    prefix = prefix or ""
+    markers = tuple(k[len(prefix):] for k in container if isinstance(k, str) and k.startswith(prefix))
+    if not markers:
+        raise SslBenchError(f"no key under --key {key or '(top level)'} of {source} starts with --prefix '{prefix}' "
+                            f"(its keys begin: {_top_keys(container)})")
+    return dataclasses.replace(base, name=f"{base.name} (--key/--prefix)", containers=(path,),
+                               prefixes=(prefix,), markers=markers)
+
+
+def extract(obj: Any, fmt: str | None, source: str, key: str | None = None,
+            prefix: str | None = None) -> tuple[FormatLoader, Extracted]:
+    """Run the named format loader, or the first whose detect() accepts `obj`; key/prefix point at the trunk."""
     if not isinstance(obj, Mapping):
         raise SslBenchError(f"{source} holds a {type(obj).__name__}, not a dict of weights")
+    if key is not None or prefix is not None:
+        loader = _pointed(obj, fmt, key, prefix, source)
+        return loader, loader.extract(obj)
     if fmt is not None:
         loader = FORMATS.get(fmt)
         if not loader.detect(obj):
@@ -350,9 +402,14 @@ def extract(obj: Any, fmt: str | None, source: str) -> tuple[FormatLoader, Extra
 
 
 def infer_arch(state: Mapping[str, torch.Tensor]) -> str | None:
-    """The architecture whose torchvision keys `state` has: alexnet, resnet{18,34,50,101,152}[_cifar], or None."""
+    """The architecture whose keys `state` has: alexnet, resnet{18,34,50,101,152}[_cifar], a wider ResNet-50
+    (wide_resnet50_2, resnet50w2/w4), a timm ViT/DeiT (or a description of an unknown one), or None."""
     if "features.0.weight" in state:
         return "alexnet"
+    if "patch_embed.proj.weight" in state:
+        from checkpoints.archs.vit import infer_vit
+
+        return infer_vit(state)
     blocks = []
     for i in range(1, 5):
         indices = {k.split(".")[1] for k in state if k.startswith(f"layer{i}.")}
@@ -366,7 +423,27 @@ def infer_arch(state: Mapping[str, torch.Tensor]) -> str | None:
         return None
     conv1 = state.get("conv1.weight")
     cifar = conv1 is not None and conv1.ndim == 4 and conv1.shape[-1] == 3
-    return f"resnet{depths[0]}" + ("_cifar" if cifar else "")
+    return _resnet_name(depths[0], state, bottleneck) + ("_cifar" if cifar else "")
+
+
+def _resnet_name(depth: int, state: Mapping[str, torch.Tensor], bottleneck: bool) -> str:
+    """resnet{depth}, or its wider kinds: wide_resnet{depth}_2 (inner 3x3 width doubled), SimCLR's resnet{depth}w{k}."""
+    stem, inner = state.get("conv1.weight"), state.get("layer1.0.conv1.weight")
+    if stem is None or stem.ndim != 4 or inner is None:
+        return f"resnet{depth}"
+    if stem.shape[0] != 64:
+        return f"resnet{depth}w{stem.shape[0] // 64}"
+    return f"wide_resnet{depth}_2" if bottleneck and inner.shape[0] == 128 else f"resnet{depth}"
+
+
+def _same_network(a: str, b: str) -> bool:
+    """Two arch names for one network (vit_small_patch16 and deit_small_patch16) accept each other's weights."""
+    if a == b:
+        return True
+    if a not in ARCHS or b not in ARCHS:
+        return False
+    network = getattr(ARCHS.get(a), "network", None)
+    return network is not None and network == getattr(ARCHS.get(b), "network", None)
 
 
 def _resolve_arch(detected: str | None, declared: str | None, requested: str | None, source: str) -> str:
@@ -374,10 +451,11 @@ def _resolve_arch(detected: str | None, declared: str | None, requested: str | N
     if requested:
         ARCHS.get(requested)
     known = declared or detected
-    if requested and known and requested != known:
+    if requested and known and not _same_network(requested, known):
         how = "its ssl-bench metadata says" if declared else "its keys say"
         raise SslBenchError(f"{source} holds {known} weights ({how} so) but --arch {requested} was asked for; "
-                            f"drop --arch or pass --arch {known}")
+                            + (f"drop --arch or pass --arch {known}" if known in ARCHS
+                               else "no architecture ssl-bench has is of that shape"))
     arch = requested or known
     if arch is None:
         raise SslBenchError(f"cannot tell the architecture of {source} from its keys; pass --arch "
@@ -480,6 +558,26 @@ class _Source:
     meta: dict[str, Any]
 
 
+@dataclasses.dataclass
+class _Opened:
+    """A checkpoint file read and its trunk extracted, before any architecture is built."""
+
+    source: _Source
+    loader: FormatLoader
+    extracted: Extracted
+    detected: str | None
+
+    def build(self, arch: str, seed: int) -> Backbone:
+        """`arch` built for these weights (a ViT at the size its position embeddings were trained for)."""
+        builder, kwargs = ARCHS.get(arch), dict(self.extracted.build_kwargs)
+        if getattr(builder, "network", None) is not None:
+            from checkpoints.archs.vit import checkpoint_kwargs
+
+            kwargs = {**checkpoint_kwargs(self.extracted.state), **kwargs}
+        accepted = inspect.signature(builder).parameters  # inspect may build another family than the file's
+        return build_seeded(arch, seed, **{k: v for k, v in kwargs.items() if k in accepted})
+
+
 def _resolve_spec(spec: str, arch: str | None, fmt: str | None) -> _Source:
     if spec.startswith("zoo:"):
         from checkpoints import zoo
@@ -489,6 +587,12 @@ def _resolve_spec(spec: str, arch: str | None, fmt: str | None) -> _Source:
         return _Source(entry.name, path, fmt or entry.format, arch or entry.arch, entry.meta())
     path = Path(spec).expanduser()
     return _Source(path.stem, path, fmt, arch, {})
+
+
+def _open(spec: str, arch: str | None, fmt: str | None, key: str | None, prefix: str | None) -> _Opened:
+    source = _resolve_spec(spec, arch, fmt)
+    loader, extracted = extract(read_checkpoint(source.path), source.fmt, str(source.path), key, prefix)
+    return _Opened(source, loader, extracted, infer_arch(extracted.state))
 
 
 def _random(arch: str, requested: str | None, seed: int) -> LoadedCheckpoint:
@@ -503,14 +607,17 @@ def _random(arch: str, requested: str | None, seed: int) -> LoadedCheckpoint:
 
 
 def load_checkpoint(spec: str, arch: str | None = None, allow_partial: bool = False, fmt: str | None = None,
-                    seed: int = 0) -> LoadedCheckpoint:
-    """A backbone holding the weights named by `spec` (file path, `random:ARCH` or `zoo:NAME`)."""
+                    seed: int = 0, key: str | None = None, prefix: str | None = None) -> LoadedCheckpoint:
+    """A backbone holding the weights named by `spec` (file path, `random:ARCH` or `zoo:NAME`).
+
+    `key` (a top-level key or a dotted path) and `prefix` point at a trunk inside the file no format knows.
+    """
     if spec.startswith("random:"):
         return _random(spec[len("random:"):], arch, seed)
-    source = _resolve_spec(spec, arch, fmt)
-    loader, extracted = extract(read_checkpoint(source.path), source.fmt, str(source.path))
-    arch = _resolve_arch(infer_arch(extracted.state), extracted.arch, source.arch, str(source.path))
-    backbone = build_seeded(arch, seed, **extracted.build_kwargs)
+    opened = _open(spec, arch, fmt, key, prefix)
+    source, loader, extracted = opened.source, opened.loader, opened.extracted
+    arch = _resolve_arch(opened.detected, extracted.arch, source.arch, str(source.path))
+    backbone = opened.build(arch, seed)
     match = match_state(backbone, extracted)
     _check(match, extracted, backbone, str(source.path), allow_partial)
     backbone.load_state_dict({k: extracted.state[k] for k in match.matched}, strict=False)
@@ -520,25 +627,37 @@ def load_checkpoint(spec: str, arch: str | None = None, allow_partial: bool = Fa
                             {**source.meta, **extracted.meta}, match.ignored)
 
 
-def inspect_checkpoint(spec: str, arch: str | None = None, fmt: str | None = None) -> dict[str, Any]:
-    """Format, architecture and key lists of a checkpoint; reports partial or broken matches instead of raising."""
+def inspect_checkpoint(spec: str, arch: str | None = None, fmt: str | None = None, key: str | None = None,
+                       prefix: str | None = None) -> dict[str, Any]:
+    """Format, architecture and key lists of a checkpoint, ending with the verdict `run` would reach.
+
+    Partial or broken matches are reported, not raised: the verdict is "would load" or
+    "would be refused: <the error run would print>".
+    """
     if spec.startswith("random:"):
         loaded = _random(spec[len("random:"):], arch, 0)
         return {"name": loaded.name, "path": "", "sha256": loaded.sha256, "format": "random", "arch": loaded.arch,
                 "detected_arch": loaded.arch, "matched": loaded.matched, "missing": [], "unexpected": [],
-                "ignored": [], "shape_mismatch": [], "nonfinite": [], "meta": loaded.meta}
-    source = _resolve_spec(spec, arch, fmt)
-    loader, extracted = extract(read_checkpoint(source.path), source.fmt, str(source.path))
-    detected = extracted.arch or infer_arch(extracted.state)
+                "ignored": [], "shape_mismatch": [], "nonfinite": [], "meta": loaded.meta, "verdict": "would load"}
+    opened = _open(spec, arch, fmt, key, prefix)
+    source, extracted = opened.source, opened.extracted
+    detected = extracted.arch or opened.detected
     if source.arch:
         ARCHS.get(source.arch)
     chosen = source.arch or _resolve_arch(detected, None, None, str(source.path))
-    match = match_state(build_seeded(chosen, 0, **extracted.build_kwargs), extracted)
+    backbone = opened.build(chosen, 0)
+    match = match_state(backbone, extracted)
+    try:
+        _resolve_arch(opened.detected, extracted.arch, source.arch, str(source.path))
+        _check(match, extracted, backbone, str(source.path), allow_partial=False)
+        verdict = "would load"
+    except SslBenchError as refusal:
+        verdict = f"would be refused: {refusal}"
     return {"name": source.name, "path": str(source.path), "sha256": sha256_file(source.path),
-            "format": loader.name, "arch": chosen, "detected_arch": detected or "unknown",
+            "format": opened.loader.name, "arch": chosen, "detected_arch": detected or "unknown",
             "matched": match.matched, "missing": match.missing, "unexpected": match.unexpected,
             "ignored": match.ignored, "shape_mismatch": match.mismatched, "nonfinite": match.nonfinite,
-            "meta": {**source.meta, **extracted.meta}}
+            "meta": {**source.meta, **extracted.meta}, "verdict": verdict}
 
 
 # ---------------------------------------------------------------------------------------------------- saving

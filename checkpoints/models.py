@@ -31,8 +31,10 @@ class Tap:
 class Backbone(nn.Module):
     """A trunk whose forward returns the requested taps, stopping after the deepest one.
 
-    Subclasses set `taps` (in forward order) and `default_taps`, and implement
-    `stages()`: one callable per tap, each taking the previous stage's output.
+    Subclasses set `taps` (in forward order) and `default_taps`, and either implement
+    `stages()` (one callable per tap, each taking the previous stage's output) or,
+    when taps do not form a chain (a ViT reads several from one block), override
+    `forward_taps`.
     """
 
     arch: str
@@ -62,6 +64,10 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.forward_taps(x, [t.name for t in self.taps])
+
+    def adapt_input(self, size: int) -> dict[str, Any]:
+        """Prepare for `size` px inputs; returns what changed, for the record (convolutional trunks: nothing)."""
+        return {}
 
     def tap(self, name: str) -> Tap:
         for tap in self.taps:

@@ -87,6 +87,16 @@ LAYOUTS: dict[str, tuple[str, Callable[[State], object]]] = {
     "mmselfsup_encoder": ("prefixed", lambda s: {"meta": {"epoch": 200}, "state_dict": prefixed(trunk(s), "encoder.")}),
     "byol_sequential": ("sequential", lambda s: {
         f"online_network.encoder.{to_sequential(k)}": v for k, v in trunk(s).items()}),
+    "moco_v3": ("moco_v3", lambda s: {"arch": "resnet50", "epoch": 100, "state_dict": {
+        **prefixed(s, "module.base_encoder."), **prefixed(trunk(s), "module.momentum_encoder."),
+        "module.predictor.0.weight": torch.ones(4, 4)}}),
+    "lightning": ("lightning", lambda s: {"epoch": 9, "pytorch-lightning_version": "2.4.0", "state_dict": {
+        **prefixed(trunk(s), "model."), "head.weight": torch.ones(10, 512)}}),
+    "pytorch_byol": ("sequential", lambda s: {
+        "online_network_state_dict": {**{f"encoder.{to_sequential(k)}": v for k, v in trunk(s).items()},
+                                      "projetion.net.0.weight": torch.ones(4, 512)},
+        "target_network_state_dict": {f"encoder.{to_sequential(k)}": v + 1 for k, v in trunk(s).items()},
+        "optimizer_state_dict": {"state": {}, "param_groups": []}}),
     "detectron2_fpn": ("detectron2", lambda s: {"__author__": "torchvision", "iteration": 90000, "model": {
         **{f"backbone.bottom_up.{to_detectron2(k)}": v for k, v in trunk(s).items()
            if not k.endswith("num_batches_tracked")},
@@ -283,6 +293,9 @@ def test_infer_arch_from_keys_and_shapes():
     assert infer_arch(torchvision.models.resnet34(weights=None).state_dict()) == "resnet34"
     assert infer_arch({k: v for k, v in keys("resnet50").items() if not k.startswith("layer4.")}) == "resnet50"
     assert infer_arch({"conv1.weight": torch.ones(64, 3, 7, 7)}) is None
+    for arch in ("resnet101", "resnet152", "wide_resnet50_2", "resnet50w2", "resnet50w4"):
+        with torch.device("meta"):
+            assert infer_arch(keys(arch)) == arch
 
 
 # ------------------------------------------------------------------------------------------- bad inputs
@@ -322,10 +335,78 @@ def test_pickle_that_needs_code_is_refused_without_running_it(how, tmp_path):
     assert not marker.exists()
 
 
-def test_checkpoint_with_objects_names_the_class(tmp_path):
+def test_checkpoint_with_objects_names_the_class_and_where_weights_usually_are(tmp_path):
     path = tmp_path / "full.pth"
-    torch.save({"teacher": {}, "args": argparse.Namespace(arch="resnet50")}, path)
-    assert_one_line_error(lambda: load_checkpoint(str(path)), "full.pth", "argparse.Namespace", "state_dict")
+    torch.save({"teacher": {}, "model": torch.nn.Linear(2, 2)}, path)
+    assert_one_line_error(lambda: load_checkpoint(str(path)), "full.pth", "torch.nn.modules.linear.Linear",
+                          "ckpt['teacher']", "DINO", "ckpt['state_dict']")
+
+
+@pytest.mark.parametrize("layout", ["dino", "torchvision_reference", "timm_train"])
+def test_training_checkpoints_with_argparse_namespace_load_weights_only(layout, r18, tmp_path):
+    args = argparse.Namespace(arch="resnet18", lr=0.1, epochs=(1, 2), data=None)
+    content = {"dino": {**LAYOUTS["dino"][1](r18), "args": args},
+               "torchvision_reference": {"model": r18, "optimizer": {}, "epoch": 89, "args": args},
+               "timm_train": {"epoch": 3, "arch": "resnet18", "state_dict": r18, "args": args}}[layout]
+    path = tmp_path / f"{layout}.pth"
+    torch.save(content, path)
+    loaded = load_checkpoint(str(path))
+    assert loaded.arch == "resnet18" and loaded.missing == []
+    assert_weights_equal(loaded.backbone, r18)
+
+
+def custom_layout(state: State) -> dict:
+    return {"ema": {"net.trunk." + k: v for k, v in trunk(state).items()}, "step": 5}
+
+
+def test_key_and_prefix_point_at_a_trunk_no_layout_knows(r18, tmp_path):
+    path = tmp_path / "custom.pth"
+    torch.save(custom_layout(r18), path)
+    assert_one_line_error(lambda: load_checkpoint(str(path)), "no known checkpoint layout")
+    loaded = load_checkpoint(str(path), key="ema", prefix="net.trunk.")
+    assert (loaded.arch, loaded.missing, loaded.unexpected) == ("resnet18", [], [])
+    assert_weights_equal(loaded.backbone, r18)
+    nested = tmp_path / "nested.pth"
+    torch.save({"a": {"b": {k: v for k, v in trunk(r18).items()}}}, nested)
+    assert load_checkpoint(str(nested), key="a.b").missing == []
+    sequential = tmp_path / "seq.pth"
+    torch.save({"w": {f"enc.{to_sequential(k)}": v for k, v in trunk(r18).items()}}, sequential)
+    assert_weights_equal(load_checkpoint(str(sequential), fmt="sequential", key="w", prefix="enc.").backbone, r18)
+
+
+@pytest.mark.parametrize("kwargs, fragments", [
+    ({"key": "nope"}, ["no dict under --key nope", "ema, step"]),
+    ({"key": "ema", "prefix": "trunk."}, ["--prefix 'trunk.'", "net.trunk.conv1.weight"]),
+    ({"key": "ema", "fmt": "native"}, ["--format native"]),
+])
+def test_key_and_prefix_mistakes_are_one_line(kwargs, fragments, r18, tmp_path):
+    path = tmp_path / "custom.pth"
+    torch.save(custom_layout(r18), path)
+    assert_one_line_error(lambda: load_checkpoint(str(path), **kwargs), *fragments)
+
+
+def test_cli_prints_the_load_verdicts(capsys, r18, tmp_path, folder_root):
+    from tests.test_cli import knn_args, run_cli
+
+    path = tmp_path / "custom.pth"
+    torch.save(custom_layout(r18), path)
+    code, out, err = run_cli(capsys, "inspect", str(path), "--key", "ema", "--prefix", "net.trunk.")
+    assert code == 0, err
+    assert out.splitlines()[-1] == "verdict: would load"
+    cifar = {k: v for k, v in build_seeded("resnet18_cifar", 0).state_dict().items() if not k.startswith("layer4.")}
+    partial = tmp_path / "partial.pth"
+    torch.save(cifar, partial)
+    code, out, err = run_cli(capsys, "inspect", str(partial))
+    verdict = out.splitlines()[-1]
+    assert code == 0 and verdict.startswith("verdict: would be refused: ") and "pass --allow-partial" in verdict
+    missing = len([k for k in build_seeded("resnet18_cifar", 0).state_dict() if k.startswith("layer4.")
+                   and not k.endswith("num_batches_tracked")])
+    code, out, err = run_cli(capsys, *knn_args(str(partial), folder_root, tmp_path / "r", "--allow-partial",
+                                               "--no-cache", "--taps", "res5avg"))
+    assert code == 0, err
+    assert (f"checkpoint partial: format torchvision, arch resnet18_cifar; trunk keys {len(cifar)} matched, "
+            f"{missing} missing, 0 unexpected, 0 ignored; {missing} stay at their random init (--allow-partial)"
+            ) in out.splitlines()
 
 
 @pytest.mark.parametrize("kind", ["missing", "directory", "random_bytes", "json", "empty", "zip_not_torch",
@@ -426,5 +507,5 @@ def test_inspect_reports_partial_matches_without_raising(r18, tmp_path):
 
 
 def test_format_registry_lists_every_layout():
-    assert {"native", "torchvision", "timm", "vissl", "moco", "dino", "dino_student", "prefixed", "sequential",
-            "detectron2", "detectron2_c2", "detectron2_torchvision"} == set(FORMATS.names())
+    assert {"native", "torchvision", "timm", "vissl", "moco", "moco_v3", "dino", "dino_student", "prefixed",
+            "sequential", "lightning", "detectron2", "detectron2_c2", "detectron2_torchvision"} == set(FORMATS.names())

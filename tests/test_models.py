@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 import torchvision
 
@@ -12,7 +13,11 @@ from checkpoints.models import build_backbone, build_seeded
 
 TORCHVISION = {"resnet18": torchvision.models.resnet18, "resnet50": torchvision.models.resnet50,
                "resnet18_cifar": torchvision.models.resnet18, "resnet50_cifar": torchvision.models.resnet50,
-               "alexnet": torchvision.models.alexnet}
+               "alexnet": torchvision.models.alexnet, "resnet101": torchvision.models.resnet101,
+               "resnet152": torchvision.models.resnet152, "wide_resnet50_2": torchvision.models.wide_resnet50_2}
+VITS = [name for name in ARCHS.names() if getattr(ARCHS.get(name), "network", None) is not None]
+SIMCLR_WIDTHS = {"resnet50w2": 2, "resnet50w4": 4}
+SMALL = {"resnet18", "resnet50", "resnet18_cifar", "resnet50_cifar", "alexnet", "deit_tiny_patch16"}
 # Trunk parameter counts: torchvision's published num_params minus the classifier.
 TRUNK_PARAMS = {"resnet18": 11689512 - (512 * 1000 + 1000), "resnet50": 25557032 - (2048 * 1000 + 1000),
                 "alexnet": 61100840 - (9216 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 1000 + 1000)}
@@ -25,19 +30,26 @@ def size_for(arch: str) -> int:
 
 
 def test_registry_has_the_builtin_archs():
-    assert {"resnet18", "resnet50", "resnet18_cifar", "resnet50_cifar", "alexnet"} <= set(ARCHS.names())
+    assert {"resnet18", "resnet50", "resnet18_cifar", "resnet50_cifar", "alexnet", "resnet101", "resnet152",
+            "wide_resnet50_2", "resnet50w2", "resnet50w4", "vit_small_patch16", "vit_small_patch8",
+            "vit_base_patch16", "vit_base_patch8", "vit_large_patch16", "deit_tiny_patch16", "deit_small_patch16",
+            "deit_base_patch16"} <= set(ARCHS.names())
+    assert set(TORCHVISION) | set(VITS) | set(SIMCLR_WIDTHS) == set(ARCHS.names())
 
 
 @pytest.mark.parametrize("arch", ARCHS.names())
 def test_every_tap_has_its_declared_shape(arch):
     torch.manual_seed(0)
-    model = build_backbone(arch).eval()
+    device = torch.device("cpu" if arch in SMALL else "meta")  # big trunks: shapes only
+    with device:
+        model = build_backbone(arch).eval()
     assert model.arch == arch
     size = size_for(arch)
+    model.adapt_input(size)
     names = [t.name for t in model.taps]
     assert set(model.default_taps) <= set(names)
     with torch.no_grad():
-        out = model.forward_taps(torch.randn(2, 3, size, size), names)
+        out = model.forward_taps(torch.randn(2, 3, size, size, device=device), names)
     assert list(out) == names
     for tap in model.taps:
         x = out[tap.name]
@@ -50,14 +62,35 @@ def test_every_tap_has_its_declared_shape(arch):
             assert x.shape == (2, tap.channels, size // tap.stride, size // tap.stride)
 
 
-@pytest.mark.parametrize("arch", ARCHS.names())
+@pytest.mark.parametrize("arch", sorted(TORCHVISION))
 def test_state_dict_keys_are_torchvision_trunk_keys(arch):
-    ours = build_backbone(arch).state_dict()
-    theirs = TORCHVISION[arch](weights=None).state_dict()
+    with torch.device("meta"):
+        ours = build_backbone(arch).state_dict()
+        theirs = TORCHVISION[arch](weights=None).state_dict()
     trunk = {k: v.shape for k, v in theirs.items() if not k.startswith(("fc.", "classifier."))}
     assert list(ours) == list(trunk)
     stem_differs = {"conv1.weight"} if arch.endswith("_cifar") else set()
     assert {k for k in trunk if ours[k].shape != trunk[k]} == stem_differs
+
+
+@pytest.mark.parametrize("arch", sorted(SIMCLR_WIDTHS))
+def test_simclr_widths_are_resnet50_with_every_width_multiplied(arch):
+    width = SIMCLR_WIDTHS[arch]
+    with torch.device("meta"):
+        model, base = build_backbone(arch), build_backbone("resnet50")
+    expected = {k: tuple(d * width if i < 2 and (k, i) != ("conv1.weight", 1) else d for i, d in enumerate(v.shape))
+                for k, v in base.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == expected
+    assert [t.channels for t in model.taps] == [c * width for c in (64, 256, 512, 1024, 2048, 2048)]
+
+
+@pytest.mark.parametrize("arch", VITS)
+def test_vit_keys_shapes_and_heads_are_timms(arch):
+    with torch.device("meta"):
+        ours = build_backbone(arch)
+        theirs = timm.create_model(f"{arch}_224", pretrained=False, num_classes=0)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    assert ours.blocks[0].attn.num_heads == theirs.blocks[0].attn.num_heads
 
 
 @pytest.mark.parametrize("arch", sorted(TRUNK_PARAMS))
@@ -94,6 +127,7 @@ def test_alexnet_conv5_pooled_equals_torchvision_features():
     ("resnet18", ["conv1"], ["conv1"], ["layer1", "layer2", "layer3", "layer4"]),
     ("resnet18_cifar", ["res4", "conv1"], ["layer3"], ["layer4"]),
     ("alexnet", ["conv2"], ["features.0", "features.3"], ["features.6", "features.8", "features.10"]),
+    ("deit_tiny_patch16", ["patch2", "cls1"], ["blocks.0", "blocks.1"], ["blocks.2", "blocks.11", "norm"]),
 ])
 def test_forward_stops_after_the_deepest_requested_tap(arch, asked, run, skipped):
     model = build_backbone(arch).eval()
@@ -102,6 +136,7 @@ def test_forward_stops_after_the_deepest_requested_tap(arch, asked, run, skipped
     for name in run + skipped:
         modules[name].register_forward_hook(lambda m, i, o, name=name: called.append(name))
     size = size_for(arch)
+    model.adapt_input(size)
     with torch.no_grad():
         out = model.forward_taps(torch.randn(1, 3, size, size), asked)
     assert set(out) == set(asked)

@@ -33,7 +33,7 @@ class ResNetBackbone(Backbone):
         pool_stride = 1 if cifar_stem else 2
         widths = [_out_channels(layer) for layer in (self.layer1, self.layer2, self.layer3, self.layer4)]
         strides = [stem_stride * pool_stride * 2 ** i for i in range(4)]
-        self.taps = (Tap("conv1", 64, stem_stride),
+        self.taps = (Tap("conv1", self.bn1.num_features, stem_stride),
                      *(Tap(f"res{i + 2}", w, s) for i, (w, s) in enumerate(zip(widths, strides))),
                      Tap("res5avg", widths[-1], 0))
 
@@ -71,6 +71,18 @@ def resnet18(stride_in_1x1: bool = False) -> Backbone:
 def resnet50(stride_in_1x1: bool = False) -> Backbone:
     """ResNet-50 (torchvision layout), 224 px."""
     return ResNetBackbone(torchvision.models.resnet50, stride_in_1x1=stride_in_1x1)
+
+
+@ARCHS.register("resnet101")
+def resnet101(stride_in_1x1: bool = False) -> Backbone:
+    """ResNet-101 (torchvision layout), 224 px."""
+    return ResNetBackbone(torchvision.models.resnet101, stride_in_1x1=stride_in_1x1)
+
+
+@ARCHS.register("resnet152")
+def resnet152(stride_in_1x1: bool = False) -> Backbone:
+    """ResNet-152 (torchvision layout), 224 px."""
+    return ResNetBackbone(torchvision.models.resnet152, stride_in_1x1=stride_in_1x1)
 
 
 @ARCHS.register("resnet18_cifar")

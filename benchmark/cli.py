@@ -49,8 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--arch", metavar="ARCH", help="architecture when the file does not name it")
     run.add_argument("--format", dest="checkpoint_format", metavar="NAME",
                      help="checkpoint format, overriding detection: native, torchvision, timm, vissl, "
-                          "moco, dino, dino_student, prefixed (BYOL/solo-learn/lightly), sequential, detectron2 "
+                          "moco, moco_v3, dino, dino_student, prefixed (BYOL/solo-learn/lightly), sequential "
+                          "(PyTorch-BYOL), lightning, detectron2 "
                           "(detectron2_c2 / detectron2_torchvision: stride in the 1x1 / 3x3 conv)")
+    _add_pointer_options(run)
     run.add_argument("--name", metavar="NAME", help="name of the checkpoint in results and reports")
     run.add_argument("--seed", type=int, default=0, help="seed for everything random (default: 0)")
     run.add_argument("--batch-size", type=int, default=64, help="images per forward (default: 64)")
@@ -98,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("spec", metavar="SPEC", help="a checkpoint file, random:ARCH or zoo:NAME")
     inspect.add_argument("--arch", metavar="ARCH")
     inspect.add_argument("--format", dest="checkpoint_format", metavar="NAME")
+    _add_pointer_options(inspect)
     inspect.add_argument("--keys", action="store_true", help="list every key, not only counts")
 
     report = commands.add_parser("report", help="tables and plots from result records",
@@ -150,6 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_pointer_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--key", dest="checkpoint_key", metavar="KEY",
+                         help="the dict inside the file that holds the trunk, e.g. teacher or a.b.c "
+                              "(with --prefix: for layouts detection does not know)")
+    command.add_argument("--prefix", dest="checkpoint_prefix", metavar="PREFIX",
+                         help="the prefix the trunk's keys carry there, e.g. module.encoder. (stripped; the rest "
+                              "must be torchvision/timm names, or those of --format)")
+
+
 def _comma_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -165,7 +177,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint, protocol=args.protocol, dataset=args.dataset, data_root=args.data_root,
         taps=args.taps, results_dir=args.results, device=args.device,
         overrides=parse_overrides(args.overrides), resume=args.resume, allow_partial=args.allow_partial,
-        arch=args.arch, checkpoint_format=args.checkpoint_format, name=args.name, seed=args.seed,
+        arch=args.arch, checkpoint_format=args.checkpoint_format, checkpoint_key=args.checkpoint_key,
+        checkpoint_prefix=args.checkpoint_prefix, name=args.name, seed=args.seed,
         batch_size=_positive(args.batch_size, "--batch-size"), workers=max(0, args.workers),
         limit=_positive(args.limit, "--limit") if args.limit is not None else None,
         cache_dir=None if args.no_cache else (args.cache or default_cache_dir()))
@@ -179,9 +192,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:  # as stored: per-image arrays are references into the record's side file
         print(json.dumps(split_arrays(record)[0], indent=2, sort_keys=True))
     else:
+        print(format_checkpoint(record["checkpoint"]))
         print(format_metrics(record))
         print(f"result: {path}")
     return 0
+
+
+def format_checkpoint(checkpoint: dict[str, Any]) -> str:
+    """One line: the detected format and arch, how the trunk keys matched, and what was adapted."""
+    line = (f"checkpoint {checkpoint['name']}: format {checkpoint['format']}, arch {checkpoint['arch']}; trunk keys "
+            f"{checkpoint['matched_keys']} matched, {checkpoint['missing_keys']} missing, "
+            f"{checkpoint['unexpected_keys']} unexpected, {checkpoint['ignored_keys']} ignored")
+    if checkpoint["missing_keys"]:
+        line += f"; {checkpoint['missing_keys']} stay at their random init (--allow-partial)"
+    resized = checkpoint["meta"].get("pos_embed_resized")
+    return line + (f"; position embeddings resized {resized}" if resized else "")
 
 
 def format_metrics(record: dict[str, Any]) -> str:
@@ -199,7 +224,8 @@ def format_metrics(record: dict[str, Any]) -> str:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from checkpoints.formats import inspect_checkpoint
 
-    report = inspect_checkpoint(args.spec, arch=args.arch, fmt=args.checkpoint_format)
+    report = inspect_checkpoint(args.spec, arch=args.arch, fmt=args.checkpoint_format, key=args.checkpoint_key,
+                                prefix=args.checkpoint_prefix)
     for key, value in report.items():
         if isinstance(value, list):
             print(f"{key}: {len(value)}")

@@ -49,6 +49,8 @@ class RunOptions:
     allow_partial: bool = False
     arch: str | None = None
     checkpoint_format: str | None = None
+    checkpoint_key: str | None = None
+    checkpoint_prefix: str | None = None
     name: str | None = None
     seed: int = 0
     batch_size: int = 64
@@ -103,7 +105,8 @@ def run(options: RunOptions, progress_factory: Callable[..., Any] | None = None,
     seed_everything(options.seed)
 
     checkpoint = load_checkpoint(options.checkpoint, arch=options.arch, allow_partial=options.allow_partial,
-                                 fmt=options.checkpoint_format, seed=options.seed)
+                                 fmt=options.checkpoint_format, seed=options.seed, key=options.checkpoint_key,
+                                 prefix=options.checkpoint_prefix)
     checkpoint_name = options.name or checkpoint.name
     store.claim(checkpoint_name, checkpoint.sha256)
     backbone = checkpoint.backbone.to(device).eval()
@@ -114,6 +117,7 @@ def run(options: RunOptions, progress_factory: Callable[..., Any] | None = None,
     mean, std = dataset.normalization or (checkpoint.meta.get("mean", backbone.mean),
                                           checkpoint.meta.get("std", backbone.std))
     input_spec = InputSpec(dataset.native_size or backbone.input_size, tuple(mean), tuple(std))
+    checkpoint.meta.update(backbone.adapt_input(input_spec.size))
     transform = input_spec.eval_transform(dataset)
     transform_id = repr(transform)
     load_seconds = time.perf_counter() - started

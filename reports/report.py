@@ -16,6 +16,7 @@ from benchmark.bootstrap import N_BOOT
 from benchmark.errors import SslBenchError
 from benchmark.results import atomic_write_bytes, atomic_write_text, safe_name
 from reports.html import plot_caption, render_html
+from reports.manifest import replace_manifest
 from reports.plots import Plot, lowshot_curves, tap_profiles
 from reports.records import RecordSet, load_records
 from reports.tables import (
@@ -77,6 +78,7 @@ def build_report(results_dirs: Sequence[Path], out: Path, formats: Sequence[str]
             written.append(atomic_write_text(out / "tables" / f"{name}.csv", to_csv(table)))
     if "tex" in wanted:
         written.append(atomic_write_text(out / "report.tex", _latex(tables)))
+    written.append(replace_manifest(out, written))  # and files of an earlier report not written again go
     return written
 
 
@@ -125,7 +127,7 @@ def _footer(tables: Sequence[Table], plots: Sequence[Plot]) -> list[str]:
     sources = sorted({s for t in tables for s in t.sources.values()} | {s for p in plots for s in p.sources})
     lines = [(f"Marks: bold is the best tap of a row in a protocol table and the best checkpoint of a column in "
              f"the summary; {DAGGER} marks the best entry of a column and every entry not significantly worse "
-             "than it (paired bootstrap over the same test images, p > 0.05); [lo, hi] is a bootstrap 95% "
+             "than it (paired bootstrap over the same test images, p > 0.05); [lo, hi] is a BCa bootstrap 95% "
              "interval over test images; mean ± std is over low-shot samples. Entries whose records keep no "
              "per-image results carry no interval and no significance mark. Each table's caption gives the "
              "protocol settings that made its numbers.")]

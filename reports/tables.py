@@ -23,7 +23,7 @@ Marks, explained in every caption:
   worse than it (paired bootstrap over the same test images, p > 0.05), as in
   the SimCLR transfer table. Only entries whose records keep per-image results
   for that metric can be tested; the others are left unmarked;
-- [lo, hi]: bootstrap 95% interval over test images, where per-image results
+- [lo, hi]: BCa bootstrap 95% interval over test images, where per-image results
   exist.
 
 Published reference rows (`references=True`) come after the checkpoints,
@@ -48,6 +48,7 @@ import pandas as pd
 from benchmark.bootstrap import ALPHA, EVIDENCE, N_BOOT, SEED, Bootstrap, aligned
 from benchmark.record import WHOLE_NETWORK
 from reports.records import RecordSet, as_direction
+from reports.provenance import conditions_text
 from reports.references import BEST, ReferenceRow, shown_references
 from reports.uncertainty import Uncertainty
 
@@ -150,6 +151,7 @@ def _protocol_table(records: RecordSet, cache: Uncertainty, rows: pd.DataFrame, 
         _settings_text(settings, metric),
         _bold_text("tap of each row", {metric: higher}),
         _marks_text(intervals, cache, spread is not None),
+        conditions_text((row.checkpoint, records.records[row.path]) for row in chosen.itertuples(index=False)),
         _sources_text(shown, chosen["checkpoint"].unique()), left_out]))
     return Table(title=f"{variant}: {metric}", caption=caption, values=values, bold=bold, not_worse=not_worse,
                  intervals=intervals, metric=metric, variant=variant, spread=spread,
@@ -177,6 +179,7 @@ def summary_table(records: RecordSet, references: bool = False, n_boot: int = N_
         grid["evidence"][variant][checkpoint] = cache.evidence(path, tap, metric)
         grid["intervals"][variant][checkpoint] = cache.interval(path, tap, metric)
         grid["spread"][variant][checkpoint] = std_values.get((checkpoint, variant, tap, _std_of(metric)), np.nan)
+    conditions = conditions_text((checkpoint, records.records[path]) for (checkpoint, _), (_, _, path) in cells.items())
     values, spread, notes, evidence, intervals = (
         pd.DataFrame(grid[name], index=checkpoints, columns=variants,
                      dtype=float if name in ("values", "spread") else object)
@@ -214,6 +217,7 @@ def summary_table(records: RecordSet, references: bool = False, n_boot: int = N_
         f"Primary metric of each protocol variant at each checkpoint's best tap (named in the cell): {metrics}.",
         _bold_text("checkpoint of each column", higher),
         _marks_text(intervals, cache, bool(spread.notna().to_numpy().any())),
+        conditions,
         _sources_text(list(shown.values()), checkpoints), *left_out]))
     return Table(title="Summary: best tap per protocol", caption=caption, values=values.astype(float), bold=bold,
                  not_worse=not_worse, intervals=intervals, metric="primary", variant="",
@@ -329,7 +333,7 @@ def _marks_text(intervals: pd.DataFrame, cache: Uncertainty, has_spread: bool) -
               f"test images, one-sided p > {ALPHA}, {cache.n_boot} resamples, seed {cache.seed}); entries without "
               "per-image results are not tested.")]
     if any(isinstance(v, tuple) for v in intervals.to_numpy().ravel()):
-        parts.append(f"[lo, hi]: bootstrap 95% interval over test images ({cache.n_boot} resamples, "
+        parts.append(f"[lo, hi]: BCa bootstrap 95% interval over test images ({cache.n_boot} resamples, "
                      f"seed {cache.seed}).")
     if has_spread:
         parts.append("mean ± std over samples.")

@@ -249,3 +249,22 @@ def test_reference_rows_cover_every_published_table():
     assert len(references_for("surface_normals", "median")) == 6
     assert len(references_for("linear", "top1")) == 7 and len(references_for("semi_supervised")) == 3
     assert all(r.source and r.checkpoint and r.values for r in REFERENCES)
+
+
+def test_limited_and_partly_random_runs_are_named_where_their_numbers_appear(tmp_path):
+    voc(tmp_path, "full", 50.0, 60.0)
+    for name, change in (("subset", {"dataset": {"limit": 40, "limit_rule": "class-balanced", "limit_seed": 3}}),
+                         ("partial", {"checkpoint": {"missing_keys": 12, "matched_keys": 110}})):
+        path = voc(tmp_path, name, 40.0, 45.0)
+        record = json.loads(path.read_text())
+        for section, fields in change.items():
+            record[section].update(fields)
+        path.write_text(json.dumps(record))
+    records = load_records(tmp_path)
+    expected = ("Not full-benchmark runs: partial: 12 of 122 trunk keys left at random init (--allow-partial); "
+                "subset: --limit 40 images per split, class-balanced, seed 3.")
+    for table in (*protocol_tables(records), summary_table(records)):
+        assert expected in table.caption
+        assert expected in to_markdown(table) and "full:" not in table.caption
+    plain = load_records(voc(tmp_path / "plain", "full", 50.0, 60.0).parent.parent)
+    assert "Not full-benchmark" not in summary_table(plain).caption

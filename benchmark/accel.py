@@ -24,14 +24,21 @@ AmpMode = Literal["auto", "bf16", "fp16", "off"]
 
 
 def resolve_device(requested: str) -> torch.device:
-    """auto -> the process's GPU when CUDA is available, else the CPU; an explicit cuda without a GPU falls back."""
-    if requested not in ("auto", "cpu", "cuda") and not requested.startswith("cuda:"):
+    """auto -> the process's GPU when CUDA is available, else the CPU; cuda[:N] asked for without that GPU is an error."""
+    index = requested.removeprefix("cuda:")
+    if requested not in ("auto", "cpu", "cuda") and not (requested.startswith("cuda:") and index.isdigit()):
         raise SslBenchError(f"--device must be auto, cpu or cuda[:N], got '{requested}'")
-    if requested == "cpu" or not torch.cuda.is_available():
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    if requested == "auto":
+    if not torch.cuda.is_available():
+        raise SslBenchError(f"--device {requested}: CUDA is not available on this machine (torch "
+                            f"{torch.__version__}); pass --device cpu or --device auto")
+    if requested in ("auto", "cuda"):
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device(requested)
+    if int(index) >= torch.cuda.device_count():
+        raise SslBenchError(f"--device {requested}: this machine has {torch.cuda.device_count()} GPU(s), "
+                            f"numbered from 0; pass --device cuda:0 or --device auto")
+    return torch.device("cuda", int(index))
 
 
 @dataclasses.dataclass(frozen=True)

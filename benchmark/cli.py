@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any
 from benchmark.errors import SslBenchError
 
 LISTABLE = ("protocols", "recipes", "datasets", "archs", "zoo")
+MAX_SEED = 2**32 - 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     make_data.add_argument("--mat", type=Path, metavar="FILE",
                            help="nyuv2-from-mat: nyu_depth_v2_labeled.mat (normals: --normals, else its depth)")
     make_data.add_argument("--splits", type=Path, metavar="FILE", help="nyuv2-from-mat: the official splits.mat")
+    make_data.add_argument("--overwrite", action="store_true",
+                           help="write into a non-empty folder that is not an earlier make-data output of KIND")
     make_data.add_argument("--normals", type=Path, metavar="DIR",
                            help="nyuv2-from-mat: ground-truth normals, one nm_NNNNNN.mat (nx, ny, nz, depthValid) "
                                 "per image; without it normals are computed from depth")
@@ -167,9 +172,8 @@ def _comma_list(text: str) -> tuple[str, ...]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
     from benchmark.config import parse_overrides
+    from benchmark.progress import progress_factory
     from benchmark.results import split_arrays
     from benchmark.runner import RunOptions, default_cache_dir, run
 
@@ -183,10 +187,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         limit=_positive(args.limit, "--limit") if args.limit is not None else None,
         cache_dir=None if args.no_cache else (args.cache or default_cache_dir()))
 
-    def progress(iterable: Any, desc: str = "", total: int | None = None, **kwargs: Any) -> Any:
-        return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, disable=None, **kwargs)
-
-    record, path = run(options, progress_factory=progress, log=_log)
+    record, path = run(options, progress_factory=progress_factory(_log), log=_log)
     for note in record["checkpoint"].get("meta", {}).get("notes", []):
         print(f"checkpoint: {note}")
     if args.json:  # as stored: per-image arrays are references into the record's side file
@@ -240,10 +241,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
     from benchmark.config import parse_overrides
     from benchmark.pretrain import PretrainOptions, pretrain
+    from benchmark.progress import progress_factory
 
     options = PretrainOptions(
         recipe=args.recipe, out=args.out, dataset=args.dataset, data_root=args.data_root, arch=args.arch,
@@ -254,10 +254,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         limit=_positive(args.limit, "--limit") if args.limit is not None else None,
         eval_every=max(0, args.eval_every), eval_limit=_positive(args.eval_limit, "--eval-limit"))
 
-    def progress(iterable: Any, desc: str = "", total: int | None = None, **kwargs: Any) -> Any:
-        return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, disable=None, **kwargs)
-
-    path = pretrain(options, progress_factory=progress, log=_log)
+    path = pretrain(options, progress_factory=progress_factory(_log), log=_log)
     print(f"checkpoint: {path}")
     return 0
 
@@ -293,13 +290,28 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_regress(args: argparse.Namespace) -> int:
+    from benchmark.writable import check_output_file
     from reports.regress import run_regress
+
+    if args.write_baseline:
+        check_output_file(args.baseline, "baseline", "--baseline")
+    if args.junit is not None:
+        check_output_file(args.junit, "JUnit file", "--junit")
 
     return run_regress(args.baseline, args.results, tolerance=args.tolerance, junit_path=args.junit,
                        write_baseline=args.write_baseline, strict=args.strict, warn=_warn)
 
 
 def cmd_make_data(args: argparse.Namespace) -> int:
+    from benchmark.data.make_output import make_data_output
+
+    with make_data_output(args.out, args.kind, overwrite=args.overwrite):
+        path = _make_data(args)
+    print(f"wrote {args.kind} data to {path}")
+    return 0
+
+
+def _make_data(args: argparse.Namespace) -> Path:
     from benchmark.data.synthetic import make_data
 
     if args.kind == "nyuv2-from-mat":
@@ -310,8 +322,23 @@ def cmd_make_data(args: argparse.Namespace) -> int:
         path = convert_mat(args.mat, args.splits, args.out, normals_dir=args.normals)
     else:
         path = make_data(args.kind, args.out, seed=args.seed, size=args.size)
-    print(f"wrote {args.kind} data to {path}")
-    return 0
+    return path
+
+
+def _check_seed(args: argparse.Namespace) -> None:
+    seed = getattr(args, "seed", None)
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise SslBenchError(f"--seed must be an integer from 0 to {MAX_SEED} (numpy's seed range), got {seed}")
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (`ssl-bench inspect --keys | head`): stop quietly, as `cat` does."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush has somewhere to go
+    except (OSError, ValueError):
+        pass
+    return 128 + signal.SIGPIPE
 
 
 def _positive(value: int, flag: str) -> int:
@@ -321,7 +348,11 @@ def _positive(value: int, flag: str) -> int:
 
 
 def _log(message: str) -> None:
-    print(f"[ssl-bench] {message}", file=sys.stderr)
+    """A progress or status line on stderr; under torchrun only rank 0 prints."""
+    from benchmark.progress import is_main_rank
+
+    if is_main_rank():
+        print(f"[ssl-bench] {message}", file=sys.stderr, flush=True)
 
 
 def _warn(message: str) -> None:
@@ -335,7 +366,12 @@ COMMANDS = {"run": cmd_run, "pretrain": cmd_pretrain, "inspect": cmd_inspect, "l
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        _check_seed(args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except SslBenchError as exc:
         print(f"ssl-bench: error: {one_line(str(exc))}", file=sys.stderr)
         return 2

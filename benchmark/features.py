@@ -6,8 +6,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -19,6 +17,7 @@ import torch.utils.data
 
 from benchmark import distributed
 from benchmark.accel import AmpPolicy, eval_loader, eval_mode, worker_errors
+from benchmark.atomic import replacing
 from benchmark.errors import SslBenchError
 from benchmark.protocol import FeatureSet
 
@@ -217,14 +216,8 @@ def _load(path: Path | None, rows: int) -> np.ndarray | None:
 
 
 def _save(path: Path | None, array: np.ndarray) -> None:
-    """Write atomically: a temporary file in the same folder, then os.replace."""
+    """Write atomically (a temporary file in the same folder, then a rename), with the umask's permissions."""
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with replacing(path) as tmp, tmp.open("wb") as handle:
+        np.save(handle, array, allow_pickle=False)

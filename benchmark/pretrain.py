@@ -69,7 +69,7 @@ def pretrain(options: PretrainOptions, progress_factory: Callable[..., Any] | No
     out = Path(options.out)
     _check_out(out, options)
 
-    dataset = DATASETS.get(options.dataset)(root=options.data_root, limit=options.limit)
+    dataset = DATASETS.get(options.dataset)(root=options.data_root, limit=options.limit, seed=options.seed)
     split = dataset.train_split
     images = dataset.open_split(split, None)
     if len(images) == 0:
@@ -98,8 +98,8 @@ def pretrain(options: PretrainOptions, progress_factory: Callable[..., Any] | No
     trainer = Trainer(model, spec, device, out, identity, resume=options.resume, log=log,
                       progress=progress_factory)
     eval_limit = min(options.eval_limit, options.limit or options.eval_limit)
-    check = KnnCheck(trainer.model.trunk, DATASETS.get(options.dataset)(root=options.data_root, limit=eval_limit),
-                     input_spec, device, log) if options.eval_every else None
+    eval_data = DATASETS.get(options.dataset)(root=options.data_root, limit=eval_limit, seed=options.seed)
+    check = KnnCheck(trainer.model.trunk, eval_data, input_spec, device, log) if options.eval_every else None
 
     def on_epoch_end(epoch: int) -> dict[str, float]:
         if check is None or (epoch + 1) % options.eval_every:

@@ -153,7 +153,7 @@ class Protocol(ABC):
     version: ClassVar[str] = "1"
     Config: ClassVar[type]
     default_dataset: ClassVar[str]
-    default_taps: ClassVar[tuple[str, ...] | None] = None
+    default_taps: ClassVar[tuple[str, ...] | str | None] = None  # None: the arch's defaults; "last": its last tap
     needs: ClassVar[tuple[str, ...]] = ("class_labels",)  # targets the dataset must provide (ImageDataset.provides)
     per_tap: ClassVar[bool] = True  # False: one result for the whole network, under WHOLE_NETWORK
 

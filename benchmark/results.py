@@ -8,7 +8,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -17,40 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from benchmark.atomic import atomic_write_bytes, atomic_write_text  # re-exported: the store's writers
 from benchmark.errors import SslBenchError
 from benchmark.record import REQUIRED_KEYS, SCHEMA_VERSION, validate_record  # the first two re-exported
+from benchmark.writable import check_writable_dir
 
 ARRAY_KEY = "$array"  # marks a reference to an array in the record's side file
 RUN_MEMBER = "_run"  # the side file's member holding the run id its record names
 LOCK_NAME = ".lock"  # in each checkpoint folder: writers hold an flock on it, one at a time
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_current_umask())
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """atomic_write_bytes for UTF-8 text."""
-    return atomic_write_bytes(path, text.encode())
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def safe_name(name: str) -> str:
@@ -61,13 +34,7 @@ def safe_name(name: str) -> str:
 
 def check_writable(results_dir: Path) -> None:
     """Fail before any compute when results cannot be written."""
-    try:
-        results_dir.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=results_dir, prefix=".write-test-", delete=True)
-        probe.close()
-    except OSError as exc:
-        raise SslBenchError(
-            f"results dir {results_dir} is not writable ({exc.strerror}); pass --results DIR") from None
+    check_writable_dir(results_dir, "results dir", "pass --results DIR")
 
 
 class ResultStore:
@@ -244,6 +211,9 @@ class PartialState:
             except ValueError:
                 raise SslBenchError(
                     f"partial state {path} is corrupt; delete it or run without --resume") from None
+            if not isinstance(self._data, dict):
+                raise SslBenchError(f"partial state {path} holds a JSON {type(self._data).__name__}, not the "
+                                    "object of finished pieces ssl-bench writes; delete it or run without --resume")
 
     def get(self, key: str) -> Any:
         return self._data.get(key)
@@ -256,8 +226,10 @@ class PartialState:
         atomic_write_text(self.path, json.dumps(self._data))
 
     def discard(self) -> None:
-        """Remove the saved state once the final record is written."""
+        """Remove the saved state once the final record is written, and its folder when that leaves it empty."""
         self.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty (another run's state) or already gone
+            self.path.parent.rmdir()
 
     def __len__(self) -> int:
         return len(self._data)

@@ -6,6 +6,7 @@ registries and the interfaces only.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import platform
@@ -13,7 +14,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,12 @@ from benchmark.accel import resolve_device
 from benchmark.bootstrap import precompute
 from benchmark.config import build_config, config_digest, config_to_dict
 from benchmark.data.published import published_as
-from benchmark.errors import SslBenchError
+from benchmark.errors import SslBenchError, whole_sentences
 from benchmark.protocol import WHOLE_NETWORK, FeatureSet, InputSpec, MetricSpec, Protocol, RunContext
 from benchmark.registry import DATASETS, PROTOCOLS
 from benchmark.results import SCHEMA_VERSION, PartialState, ResultStore, check_writable, safe_name
 from benchmark.training.state import STATE_NAME, refuse_foreign_states
+from benchmark.writable import check_writable_dir
 
 
 @dataclasses.dataclass
@@ -86,22 +88,23 @@ def run(options: RunOptions, progress_factory: Callable[..., Any] | None = None,
     config = build_config(protocol_cls.Config, options.overrides, owner=f"protocol '{options.protocol}'")
     store = ResultStore(options.results_dir)
     check_writable(options.results_dir)
+    if options.cache_dir is not None:
+        check_writable_dir(options.cache_dir, "feature cache", "pass --cache DIR or --no-cache")
+    device = resolve_device(options.device)
 
     dataset_name = options.dataset or protocol_cls.default_dataset
-    dataset = DATASETS.get(dataset_name)(root=options.data_root, limit=options.limit)
+    dataset = DATASETS.get(dataset_name)(root=options.data_root, limit=options.limit, seed=options.seed)
     lacking = [need for need in protocol_cls.needs if need not in dataset.provides]
     if lacking:
         raise SslBenchError(
             f"protocol '{options.protocol}' needs {', '.join(lacking)} from its dataset, which '{dataset_name}' "
             f"does not provide (it provides: {', '.join(sorted(dataset.provides)) or 'nothing'}); "
             "pick another --dataset")
+    _check_distinct_splits(config, dataset, options.protocol)
     protocol = protocol_cls()
     metric_specs = declared_metrics(protocol, config, dataset)
 
     distributed = init_distributed()
-    device = resolve_device(options.device)
-    if options.device.startswith("cuda") and device.type == "cpu":
-        log("CUDA requested but not available: running on the CPU")
     seed_everything(options.seed)
 
     checkpoint = load_checkpoint(options.checkpoint, arch=options.arch, allow_partial=options.allow_partial,
@@ -109,8 +112,10 @@ def run(options: RunOptions, progress_factory: Callable[..., Any] | None = None,
                                  prefix=options.checkpoint_prefix)
     checkpoint_name = options.name or checkpoint.name
     store.claim(checkpoint_name, checkpoint.sha256)
+    check_writable_dir(store.folder(checkpoint_name), "results folder",
+                       "make it writable, or pass --results DIR or --name NAME")
     backbone = checkpoint.backbone.to(device).eval()
-    taps = backbone.check_taps(options.taps or protocol_cls.default_taps or backbone.default_taps)
+    taps = backbone.check_taps(options.taps or _default_taps(protocol_cls, backbone))
     if not protocol_cls.per_tap:
         taps = ()
 
@@ -122,7 +127,10 @@ def run(options: RunOptions, progress_factory: Callable[..., Any] | None = None,
     transform_id = repr(transform)
     load_seconds = time.perf_counter() - started
 
+    tick = time.perf_counter()
     dataset_info = dataset.describe()
+    log(f"dataset {dataset_name}: " + ", ".join(f"{split} {n}" for split, n in dataset_info["splits"].items())
+        + f" images, checked in {time.perf_counter() - tick:.1f}s")
     config_dict = config_to_dict(config)
     digest = config_digest({"protocol": options.protocol, "version": protocol_cls.version,
                             "config": config_dict, "dataset": dataset_info["digest"],
@@ -153,6 +161,7 @@ def run(options: RunOptions, progress_factory: Callable[..., Any] | None = None,
         tick = time.perf_counter()
         features = extractor.extract(dataset, split, backbone.check_taps(wanted), transform, transform_id)
         extract_seconds += time.perf_counter() - tick
+        log(f"features {split} [{', '.join(wanted)}]: {len(features)} images in {time.perf_counter() - tick:.1f}s")
         return features
 
     context = RunContext(backbone=backbone, taps=taps, dataset=dataset, device=device, seed=options.seed,
@@ -160,8 +169,10 @@ def run(options: RunOptions, progress_factory: Callable[..., Any] | None = None,
                          input=input_spec, artifacts=artifacts, resume=options.resume, identity=identity,
                          batch_size=options.batch_size, workers=options.workers, cache_dir=options.cache_dir)
     protocol_started = time.perf_counter()
-    result = protocol.run(context, config)
+    with _resumed_state_errors(state, resumed_pieces):
+        result = protocol.run(context, config)
     protocol_seconds = time.perf_counter() - protocol_started
+    log(f"{options.protocol}: done in {protocol_seconds:.1f}s")
     _check_metrics(result.metrics, taps if protocol_cls.per_tap else (WHOLE_NETWORK,), metric_specs,
                    options.protocol)
 
@@ -200,6 +211,37 @@ def run(options: RunOptions, progress_factory: Callable[..., Any] | None = None,
     state.discard()
     (artifacts / STATE_NAME).unlink(missing_ok=True)
     return record, path
+
+
+def _default_taps(protocol_cls: type[Protocol], backbone: Any) -> tuple[str, ...]:
+    """The protocol's default taps: the arch's last tap for "last", the arch's defaults for None."""
+    if protocol_cls.default_taps == "last":
+        return (backbone.taps[-1].name,)
+    return protocol_cls.default_taps or backbone.default_taps
+
+
+def _check_distinct_splits(config: Any, dataset: Any, protocol: str) -> None:
+    """A protocol that trains on one split and tests on another must not be given one split for both."""
+    if not hasattr(config, "train_split") or not hasattr(config, "test_split"):
+        return
+    train, test = config.train_split or dataset.train_split, config.test_split or dataset.test_split
+    if train == test:
+        raise SslBenchError(f"protocol '{protocol}' would train and test on the same split '{train}' of dataset "
+                            f"'{dataset.name}', which measures memory, not representation; pass --set "
+                            f"train_split=NAME and --set test_split=NAME with two splits of: "
+                            f"{', '.join(dataset.splits)}")
+
+
+@contextlib.contextmanager
+def _resumed_state_errors(state: PartialState, resumed_pieces: int) -> Iterator[None]:
+    """A resumed piece the protocol cannot read (a state file of another shape) as one line naming the file."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+        if not resumed_pieces:
+            raise
+        raise SslBenchError(f"partial state {state.path} does not fit this run ({type(error).__name__}: "
+                            f"{whole_sentences(str(error), 120)}); delete it or run without --resume") from error
 
 
 def declared_metrics(protocol: Protocol, config: Any, dataset: Any) -> tuple[MetricSpec, ...]:

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import struct
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -27,7 +26,8 @@ from typing import Any
 
 import torch
 
-from benchmark.errors import SslBenchError
+from benchmark.atomic import replacing
+from benchmark.errors import SslBenchError, whole_sentences
 from benchmark.filehash import sha256_file
 from benchmark.registry import ARCHS, Registry
 from checkpoints.models import Backbone, build_seeded
@@ -316,8 +316,11 @@ def _load_failure(path: Path, error: Exception) -> str:
     if "Unsupported operand" in text:
         return (f"refusing to load {path}: it is a plain pickle, not a torch.save file, and cannot be read "
                 f"without running code; re-save its tensors with torch.save")
+    if "central directory" in text or "failed reading zip archive" in text:
+        return (f"{path} is truncated or damaged: its zip archive ends before the index that torch.save writes "
+                f"last ({path.stat().st_size} bytes); copy or download it again")
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
-    return f"{path} is not a readable checkpoint: {first[:200]}"
+    return f"{path} is not a readable checkpoint: {whole_sentences(first, 200)}"
 
 
 def _read_safetensors(path: Path) -> Any:
@@ -678,10 +681,7 @@ def save_native(path: str | os.PathLike[str], backbone_state_dict: Mapping[str, 
         raise ValueError(f"meta may not set {sorted(reserved)}")
     json.dumps(meta)
     tensors = {k: v.detach().cpu().contiguous() for k, v in backbone_state_dict.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with replacing(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
@@ -692,8 +692,4 @@ def save_native(path: str | os.PathLike[str], backbone_state_dict: Mapping[str, 
             torch.save({"ssl_bench": {**meta, "arch": arch, "format_version": NATIVE_VERSION},
                         "state_dict": tensors,
                         "heads": {k: v.detach().cpu().contiguous() for k, v in (heads or {}).items()}}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

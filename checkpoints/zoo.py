@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmark.atomic import replacing
 from benchmark.errors import SslBenchError, did_you_mean
 from checkpoints.models import IMAGENET_MEAN, IMAGENET_STD
 
@@ -169,19 +169,13 @@ def fetch(name: str, cache_dir: Path | None = None, progress: bool | Callable[[i
     target = folder / _file_name(entry)
     if target.is_file() and verify(entry, target) is None:
         return target
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=folder)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
+    with replacing(target, suffix=".part") as tmp:
+        with tmp.open("wb") as out:
             _download(entry.url, out, progress)
         problem = verify(entry, tmp)
         if problem:
             raise SslBenchError(f"download of zoo checkpoint '{name}' from {entry.url} is corrupt ({problem}); "
                                 f"nothing was kept, try again")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 

@@ -72,7 +72,8 @@ def lowshot_curves(records: RecordSet, references: bool = False,
         all_ks: set[int] = set()
         sources: set[str] = set()
         by_path = dict(tuple(rows.groupby("path", sort=False)))
-        for n, (label, path) in enumerate(_lines(rows)):
+        lines = _lines(rows)
+        for n, (label, path) in enumerate(lines):
             mine = by_path[path]
             top = mine[mine["k"] == mine["k"].max()]
             tap = str(top.loc[top["value"].idxmax(), "tap"])  # best tap: highest mean mAP at the largest k
@@ -80,7 +81,7 @@ def lowshot_curves(records: RecordSet, references: bool = False,
             ks = curve["k"].to_numpy(int)
             mean = curve["value"].to_numpy(float)
             std = np.array([std_of.get((path, tap, f"mAP_k{k}_std"), 0.0) for k in ks])
-            color, style = _style(n)
+            color, style = _style(n, len(lines))
             ax.plot(ks, mean, style, color=color, marker="o", markersize=3, label=_text(f"{label} ({tap})"))
             ax.fill_between(ks, mean - std, mean + std, color=color, alpha=0.18, linewidth=0)
             all_ks.update(ks.tolist())
@@ -121,9 +122,10 @@ def tap_profiles(records: RecordSet, references: bool = False,
         fig, ax = _figure()
         rows = rows.assign(x=rows["tap"].map(position)).sort_values("x", kind="stable")
         by_path = dict(tuple(rows.groupby("path", sort=False)))
-        for n, (label, path) in enumerate(_lines(rows)):
+        lines = _lines(rows)
+        for n, (label, path) in enumerate(lines):
             line = by_path[path]
-            color, style = _style(n)
+            color, style = _style(n, len(lines))
             ax.plot(line["x"], line["value"], style, color=color, marker="o", markersize=3, label=_text(label))
         for n, (name, _, values) in enumerate(refs):
             xs = sorted(position[tap] for tap in values)
@@ -193,9 +195,19 @@ def _text(name: str, limit: int = MAX_LABEL) -> str:
     return " " + name if name.startswith("_") else name
 
 
-def _style(n: int) -> tuple[tuple[float, ...], str]:
-    colors = colormaps["tab10"].colors
-    return colors[n % len(colors)], LINESTYLES[(n // len(colors)) % len(LINESTYLES)]
+def palette(count: int) -> list[tuple[float, ...]]:
+    """`count` distinct line colours: tab10 up to 10, tab20 (its dark half first) up to 20, else spread over turbo."""
+    if count <= 10:
+        return list(colormaps["tab10"].colors[:count])
+    if count <= 20:
+        pairs = colormaps["tab20"].colors
+        return list((pairs[0::2] + pairs[1::2])[:count])
+    return [tuple(c) for c in colormaps["turbo"](np.linspace(0.03, 0.97, count))[:, :3]]
+
+
+def _style(n: int, count: int) -> tuple[tuple[float, ...], str]:
+    """Colour and line style of line n of `count`: every colour distinct; styles cycle too, for print in grey."""
+    return palette(count)[n], LINESTYLES[(n // 10) % len(LINESTYLES)]
 
 
 def _reference_style(n: int) -> dict[str, object]:

@@ -24,7 +24,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 def assert_user_error(code: int, err: str, *fragments: str) -> None:
     assert code == 2
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("[ssl-bench] ")]  # logs
     assert len(lines) == 1, err
     assert lines[0].startswith("ssl-bench: error: ")
     assert "Traceback" not in err

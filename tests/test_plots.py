@@ -36,3 +36,26 @@ def test_legend_names_every_checkpoint_within_the_figure(count):
     image = imread(io.BytesIO(plot.png))
     ink = np.flatnonzero((image[..., :3] < 0.9).any(axis=(0, 2)))  # pixel columns with anything drawn
     assert image.shape[1] - 60 < ink[-1] < image.shape[1] - 3  # the long name ends inside, without much padding
+
+
+@pytest.mark.parametrize("count", [1, 10, 11, 20, 21, 60])
+def test_palette_colours_are_pairwise_distinct(count):
+    from itertools import combinations
+
+    from matplotlib import colormaps
+
+    from reports.plots import palette
+
+    colours = np.asarray(palette(count), dtype=float)
+    assert colours.shape == (count, 3)
+    assert min((np.linalg.norm(a - b) for a, b in combinations(colours, 2)), default=1.0) > 0.02
+    if count <= 10:
+        np.testing.assert_allclose(colours, colormaps["tab10"].colors[:count])
+
+
+def test_every_checkpoint_line_gets_its_own_colour_beyond_ten():
+    names = [f"ckpt-{i:02d}" for i in range(25)]
+    (plot,) = tap_profiles(profile_records(names), formats=("svg",))
+    svg = plot.images["svg"].decode()
+    strokes = set(re.findall(r"stroke: (#[0-9a-f]{6})", svg)) - {"#000000", "#ffffff", "#b0b0b0"}  # axes, grid
+    assert len(strokes) == 25

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-import benchmark.features
+from benchmark.results import PartialState
 from benchmark.runner import RunOptions, resolve_device, run
 
 
@@ -17,20 +18,18 @@ def options(folder_root, results, **extra) -> RunOptions:
 def test_interrupted_run_resumes_with_the_same_numbers(tmp_path, folder_root, monkeypatch):
     reference, _ = run(options(folder_root, tmp_path / "reference"))
 
-    original = benchmark.features.FeatureExtractor.extract
+    original = PartialState.put
 
-    def interrupt_on_second_tap(self, dataset, split, taps, *args, **kwargs):
-        if "res5avg" in taps:
-            raise KeyboardInterrupt
-        return original(self, dataset, split, taps, *args, **kwargs)
+    def interrupt_after_first_piece(self, key, value):  # knn extracts every tap at once, then saves tap by tap
+        original(self, key, value)
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(benchmark.features.FeatureExtractor, "extract", interrupt_on_second_tap)
-    with pytest.raises(KeyboardInterrupt):
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(PartialState, "put", interrupt_after_first_piece)
         run(options(folder_root, tmp_path / "results"))
     assert not list((tmp_path / "results").rglob("knn.json"))
     assert list((tmp_path / "results").rglob(".partial/*.json"))
 
-    monkeypatch.setattr(benchmark.features.FeatureExtractor, "extract", original)
     record, path = run(options(folder_root, tmp_path / "results", resume=True))
     assert record["resumed_pieces"] == 1
     assert record["metrics"] == reference["metrics"]
@@ -38,7 +37,20 @@ def test_interrupted_run_resumes_with_the_same_numbers(tmp_path, folder_root, mo
     assert not list((tmp_path / "results").rglob(".partial/*.json"))
 
 
-def test_cuda_request_without_gpu_falls_back_to_cpu(monkeypatch):
+def test_auto_falls_back_to_the_cpu_and_an_explicit_cuda_without_gpu_is_refused(monkeypatch):
+    from benchmark.errors import SslBenchError
+
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
-    assert resolve_device("cuda").type == "cpu"
     assert resolve_device("auto").type == "cpu"
+    assert resolve_device("cpu").type == "cpu"
+    for requested in ("cuda", "cuda:1"):
+        with pytest.raises(SslBenchError, match=f"--device {requested}: CUDA is not available"):
+            resolve_device(requested)
+    for bad in ("gpu", "cuda:x", "cuda:"):
+        with pytest.raises(SslBenchError, match="auto, cpu or cuda"):
+            resolve_device(bad)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
+    with pytest.raises(SslBenchError, match="1 GPU"):
+        resolve_device("cuda:1")
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)

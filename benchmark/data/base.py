@@ -9,6 +9,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch.utils.data
 
+from benchmark.data.subset import balanced_subset, describe_subset
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -32,9 +34,14 @@ class ImageDataset(ABC):
     native_size: ClassVar[int | None] = None
     normalization: ClassVar[tuple[tuple[float, ...], tuple[float, ...]] | None] = None
 
-    def __init__(self, root: Path | None, limit: int | None = None) -> None:
+    def __init__(self, root: Path | None, limit: int | None = None, seed: int = 0) -> None:
         self.root = root
         self.limit = limit
+        self.seed = seed
+
+    def subset(self, labels: np.ndarray) -> np.ndarray:
+        """Sorted indices of the items of a split that `limit` keeps: seeded, classes taking turns (see data.subset)."""
+        return balanced_subset(labels, self.limit, self.seed)
 
     @property
     @abstractmethod
@@ -90,8 +97,12 @@ class ImageDataset(ABC):
             transforms.Normalize(mean, std),
         ])
 
+    def present_splits(self) -> tuple[str, ...]:
+        """The splits found on disk (all of them unless a format lets some be absent); digests cover these."""
+        return self.splits
+
     def describe(self) -> dict[str, Any]:
         """What a result record stores about the dataset."""
         return {"name": self.name, "root": str(self.root) if self.root else None,
-                "splits": {s: len(self.ids(s)) for s in self.splits},
-                "limit": self.limit, "digest": self.digest()}
+                "splits": {s: len(self.ids(s)) for s in self.present_splits()},
+                **describe_subset(self.limit, self.seed), "digest": self.digest()}

@@ -105,8 +105,8 @@ class FashionMnist(ImageDataset):
     native_size = 32
     normalization = ((MEAN,) * 3, (STD,) * 3)
 
-    def __init__(self, root: Path | None, limit: int | None = None, download: bool = False) -> None:
-        super().__init__(root, limit)
+    def __init__(self, root: Path | None, limit: int | None = None, seed: int = 0, download: bool = False) -> None:
+        super().__init__(root, limit, seed)
         if download:
             root = require_root(self.name, root, "downloading needs a folder to download into")
             self._download(root)
@@ -117,6 +117,7 @@ class FashionMnist(ImageDataset):
             folders = [root / sub for sub in SUBDIRS]
         self.paths = {split: tuple(find_file(folders, stem) for stem in stems) for split, stems in FILES.items()}
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._kept: dict[str, np.ndarray] = {}  # per split: positions in the IDX file of the images kept
         self._digest: str | None = None
 
     @staticmethod
@@ -145,11 +146,13 @@ class FashionMnist(ImageDataset):
                                     f"in {label_path}; expected (N, 28, 28) with N labels")
             if labels.size and labels.max() >= len(CLASSES):
                 raise SslBenchError(f"{label_path} holds label {labels.max()}; Fashion-MNIST labels are 0..9")
-            self._arrays[split] = (images[:self.limit], labels[:self.limit])
+            self._kept[split] = self.subset(labels)
+            self._arrays[split] = (images[self._kept[split]], labels[self._kept[split]])
         return self._arrays[split]
 
     def ids(self, split: str) -> list[str]:
-        return [f"{split}/{i:05d}" for i in range(len(self.arrays(split)[1]))]
+        self.arrays(split)
+        return [f"{split}/{i:05d}" for i in self._kept[split]]
 
     def labels(self, split: str) -> np.ndarray:
         return self.arrays(split)[1]

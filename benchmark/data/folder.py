@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from benchmark.data.images import ListedImages, check_split, first, require_dir, require_root
+from benchmark.data.images import ListedImages, check_split, require_dir, require_root
 from benchmark.errors import SslBenchError
 from benchmark.registry import DATASETS
 
@@ -23,8 +23,8 @@ class ImageFolder(ListedImages):
     train_split = "train"
     test_split = "val"
 
-    def __init__(self, root: Path | None, limit: int | None = None) -> None:
-        super().__init__(root, limit)
+    def __init__(self, root: Path | None, limit: int | None = None, seed: int = 0) -> None:
+        super().__init__(root, limit, seed)
         self.base = require_root(self.name, root, _HINT)
         for split in self.splits:
             require_dir(self.base / split, f"'{split}' split", _HINT)
@@ -49,7 +49,7 @@ class ImageFolder(ListedImages):
             except FileNotFoundError as error:
                 raise SslBenchError(f"{folder}: {str(error).splitlines()[0]}") from None
             pairs = [(Path(path).relative_to(folder).as_posix(), label) for path, label in samples]
-            self._samples[split] = first(pairs, self.limit)
+            self._samples[split] = self._limited(pairs)
         return self._samples[split]
 
     def _image_dir(self, split: str) -> Path:

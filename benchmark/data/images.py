@@ -6,7 +6,7 @@ import hashlib
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch.utils.data
@@ -15,8 +15,6 @@ from PIL import Image
 from benchmark.data.base import ImageDataset
 from benchmark.errors import SslBenchError, did_you_mean
 from benchmark.filehash import file_sha256s
-
-T = TypeVar("T")
 
 
 def load_rgb(path: Path) -> Image.Image:
@@ -76,11 +74,6 @@ def require_dir(path: Path, what: str, hint: str) -> Path:
     return path
 
 
-def first(items: Sequence[T], limit: int | None) -> list[T]:
-    """The first `limit` items (all when limit is None)."""
-    return list(items if limit is None else items[:limit])
-
-
 class Digest:
     """sha256 over a stream of fields, each written with its length so that concatenations cannot collide."""
 
@@ -109,10 +102,14 @@ class ListedImages(ImageDataset):
     task = "multiclass"
     provides = frozenset({"labels", "class_labels"})
 
-    def __init__(self, root: Path | None, limit: int | None = None) -> None:
-        super().__init__(root, limit)
+    def __init__(self, root: Path | None, limit: int | None = None, seed: int = 0) -> None:
+        super().__init__(root, limit, seed)
         self._classes: list[str] = []
         self._digest: str | None = None
+
+    def _limited(self, pairs: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """The (relative path, label) pairs that --limit keeps, in their order."""
+        return [pairs[i] for i in self.subset(np.asarray([label for _, label in pairs], dtype=np.int64))]
 
     @abstractmethod
     def _split_pairs(self, split: str) -> list[tuple[str, int]]:

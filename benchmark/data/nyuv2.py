@@ -11,7 +11,7 @@ import torch.utils.data
 from PIL import Image
 
 from benchmark.data.base import ImageDataset
-from benchmark.data.images import Digest, ImageFiles, check_split, first, require_dir, require_file, require_root
+from benchmark.data.images import Digest, ImageFiles, check_split, require_dir, require_file, require_root
 from benchmark.errors import SslBenchError
 from benchmark.registry import DATASETS
 
@@ -66,8 +66,8 @@ class NyuV2(ImageDataset):
     train_split = "train"
     test_split = "test"
 
-    def __init__(self, root: Path | None, limit: int | None = None) -> None:
-        super().__init__(root, limit)
+    def __init__(self, root: Path | None, limit: int | None = None, seed: int = 0) -> None:
+        super().__init__(root, limit, seed)
         self.base = require_root(self.name, root, _HINT)
         for folder in (*FOLDERS, "splits"):
             require_dir(self.base / folder, f"NYUv2 {folder}", _HINT)
@@ -83,7 +83,7 @@ class NyuV2(ImageDataset):
         if split not in self._ids:
             path = require_file(self.base / "splits" / f"{split}.txt", "NYUv2 split list", _HINT)
             ids = sorted({line.strip() for line in path.read_text().splitlines() if line.strip()})
-            self._ids[split] = first(ids, self.limit)
+            self._ids[split] = [ids[i] for i in self.subset(np.zeros((len(ids), 0)))]
         return self._ids[split]
 
     def labels(self, split: str) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-from benchmark.data.images import ListedImages, check_split, first, require_root
+from benchmark.data.images import ListedImages, check_split, require_root
 from benchmark.errors import SslBenchError
 from benchmark.registry import DATASETS
 
@@ -52,8 +52,8 @@ class Places205(ListedImages):
     train_split = "train"
     test_split = "val"
 
-    def __init__(self, root: Path | None, limit: int | None = None) -> None:
-        super().__init__(root, limit)
+    def __init__(self, root: Path | None, limit: int | None = None, seed: int = 0) -> None:
+        super().__init__(root, limit, seed)
         self.base = require_root(self.name, root, _HINT)
         self.list_dir = self._find_list_dir()
         self._classes = self._read_classes()
@@ -89,7 +89,7 @@ class Places205(ListedImages):
             bad = [label for _, label in pairs if label >= len(self._classes)]
             if bad:
                 raise SslBenchError(f"{path}: label {bad[0]} is out of range for {len(self._classes)} classes")
-            self._pairs[split] = first(pairs, self.limit)
+            self._pairs[split] = self._limited(pairs)
         return self._pairs[split]
 
     @property

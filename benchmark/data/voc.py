@@ -13,7 +13,7 @@ import numpy as np
 import torch.utils.data
 
 from benchmark.data.base import ImageDataset
-from benchmark.data.images import (Digest, ImageFiles, check_split, first, require_dir, require_file,
+from benchmark.data.images import (Digest, ImageFiles, check_split, require_dir, require_file,
                                    require_root)
 from benchmark.errors import SslBenchError
 from benchmark.registry import DATASETS
@@ -31,7 +31,6 @@ _HINT = ("pass --data-root pointing at the folder that holds VOCdevkit/ "
 
 def read_list(path: Path) -> list[str]:
     """Image ids of an ImageSets/Main split file, sorted."""
-    require_file(path, "VOC split list", _HINT)
     return sorted({line.split()[0] for line in path.read_text().splitlines() if line.strip()})
 
 
@@ -90,8 +89,8 @@ class _Voc(ImageDataset):
     parts: ClassVar[dict[str, tuple[tuple[str, str], ...]]]
     prefix_ids: ClassVar[bool] = False
 
-    def __init__(self, root: Path | None, limit: int | None = None) -> None:
-        super().__init__(root, limit)
+    def __init__(self, root: Path | None, limit: int | None = None, seed: int = 0) -> None:
+        super().__init__(root, limit, seed)
         root = require_root(self.name, root, _HINT)
         # accept the folder holding VOCdevkit/ (torchvision's convention) or VOCdevkit/ itself
         self.devkit = root if root.name == "VOCdevkit" and not (root / "VOCdevkit").is_dir() else root / "VOCdevkit"
@@ -99,6 +98,14 @@ class _Voc(ImageDataset):
         self._digest: str | None = None
         for year in sorted({year for joined in self.parts.values() for year, _ in joined}):
             require_dir(self.devkit / f"VOC{year}" / "ImageSets" / "Main", f"VOC{year}", _HINT)
+
+    def _list_paths(self, split: str) -> list[Path]:
+        return [self.devkit / f"VOC{year}" / "ImageSets" / "Main" / f"{year_split}.txt"
+                for year, year_split in self.parts[split]]
+
+    def present_splits(self) -> tuple[str, ...]:
+        """The splits whose ImageSets/Main lists exist: a run needs only those it reads."""
+        return tuple(split for split in self.splits if all(path.is_file() for path in self._list_paths(split)))
 
     @property
     def classes(self) -> list[str]:
@@ -112,6 +119,12 @@ class _Voc(ImageDataset):
 
     def _read_index(self, split: str) -> tuple[list[tuple[Path, str, str]], np.ndarray]:
         check_split(self.name, split, self.splits)
+        missing = [path for path in self._list_paths(split) if not path.is_file()]
+        if missing:
+            present = ", ".join(self.present_splits()) or "none"
+            raise SslBenchError(f"split '{split}' of dataset '{self.name}' needs the list {missing[0]}, which is "
+                                f"missing (splits found: {present}); add the file or pick a split that exists "
+                                "with --set train_split=NAME / --set test_split=NAME")
         entries, blocks = [], []
         for year, year_split in self.parts[split]:
             folder = self.devkit / f"VOC{year}"
@@ -120,7 +133,7 @@ class _Voc(ImageDataset):
             entries += [(folder, i, f"VOC{year}/{i}" if self.prefix_ids else i) for i in raw]
         labels = np.concatenate(blocks)
         order = sorted(range(len(entries)), key=lambda k: entries[k][2])
-        order = first(order, self.limit)
+        order = [order[k] for k in self.subset(labels[order])]
         return [entries[k] for k in order], labels[order]
 
     def ids(self, split: str) -> list[str]:
@@ -143,7 +156,7 @@ class _Voc(ImageDataset):
     def digest(self) -> str:
         if self._digest is None:
             digest = Digest()
-            for split in self.splits:
+            for split in self.present_splits():
                 digest.add(split, *self.ids(split), self.labels(split).tobytes())
                 digest.add_files(self.devkit, self.image_paths(split))
             self._digest = digest.hexdigest()

@@ -17,7 +17,6 @@ from benchmark.errors import SslBenchError
 from benchmark.results import atomic_write_bytes, atomic_write_text, safe_name
 from reports.html import plot_caption, render_html
 from reports.manifest import replace_manifest
-from reports.manifest import replace_manifest
 from reports.plots import Plot, lowshot_curves, tap_profiles
 from reports.records import RecordSet, load_records
 from reports.tables import (

@@ -87,6 +87,12 @@ def nce_loss(probabilities: torch.Tensor, bank_size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def estimate_z(probabilities: torch.Tensor, bank_size: int) -> float:
+    """Z = N x the mean of exp(v . f / T) over the global batch's positives and negatives (the paper's code)."""
+    total, count = all_reduce_sum([float(probabilities.double().sum()), float(probabilities.numel())])
+    return bank_size * total / count
+
+
 def update_bank(bank: torch.Tensor, index: torch.Tensor, features: torch.Tensor, momentum: float) -> None:
     """bank[i] <- normalize(momentum bank[i] + (1 - momentum) f_i) at the batch's indices, in place."""
     bank[index] = F.normalize(momentum * bank[index] + (1 - momentum) * features.to(bank.dtype), dim=1)
@@ -115,17 +121,13 @@ class NpidModel(RecipeModel):
         with torch.autocast(features.device.type, enabled=False):
             probabilities = nce_probabilities(features, self.bank, index, negatives, self.temperature)
             if not self.z > 0:
-                self.z.fill_(self._estimate_z(probabilities.detach()))
+                self.z.fill_(estimate_z(probabilities.detach(), len(self.bank)))
             loss = nce_loss(probabilities / self.z.to(probabilities.dtype), len(self.bank))
         if self.training:
             update_bank(self.bank, all_gather_with_grad(index), all_gather_with_grad(features.detach()),
                         self.bank_momentum)
         return loss
 
-    def _estimate_z(self, probabilities: torch.Tensor) -> float:
-        """Z = N x the mean of exp(v . f / T) over the first global batch's positives and negatives (the paper's code)."""
-        total, count = all_reduce_sum([float(probabilities.double().sum()), float(probabilities.numel())])
-        return len(self.bank) * total / count
 
 
 @RECIPES.register("npid")

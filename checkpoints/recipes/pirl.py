@@ -23,13 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import transforms
 
-from benchmark.distributed import all_gather_with_grad, all_reduce_sum, get_rank, get_world_size
+from benchmark.distributed import all_gather_with_grad, get_rank, get_world_size
 from benchmark.protocol import InputSpec
 from benchmark.registry import RECIPES
 from benchmark.training import TrainSpec
 from checkpoints.models import Backbone
 from checkpoints.recipes.base import Recipe, RecipeConfig, RecipeModel, feature_dim, pooled
-from checkpoints.recipes.npid import nce_loss, nce_probabilities, update_bank
+from checkpoints.recipes.npid import estimate_z, nce_loss, nce_probabilities, update_bank
 from checkpoints.recipes.tiles import TILES, TileGeometry, color_jitter, shuffle, stack, tile_features
 
 
@@ -119,8 +119,7 @@ class PirlModel(RecipeModel):
             jigsaw_p = nce_probabilities(g, self.bank, index, negatives, config.temperature)
             image_p = nce_probabilities(f, self.bank, index, negatives, config.temperature)
             if not self.z > 0:  # from the patches' term, as VISSL's loss sees it first
-                total, count = all_reduce_sum([float(jigsaw_p.detach().double().sum()), float(jigsaw_p.numel())])
-                self.z.fill_(len(self.bank) * total / count)
+                self.z.fill_(estimate_z(jigsaw_p.detach(), len(self.bank)))
             jigsaw = nce_loss(jigsaw_p / self.z.float(), len(self.bank))
             plain = nce_loss(image_p / self.z.float(), len(self.bank))
         if self.training:

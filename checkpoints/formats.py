@@ -195,7 +195,8 @@ class MocoV3Format(LayoutFormat):
         proj = extracted.state.get("patch_embed.proj.weight")
         if proj is not None and proj.shape[0] == 384:
             extracted.build_kwargs = {"num_heads": 12}
-            extracted.meta = {"num_heads": 12}
+            extracted.meta = {"num_heads": 12, "notes": ["MoCo v3 ViT-S built with its 12 attention heads "
+                                                         "(moco-v3 vits.py), not timm's 6"]}
         return extracted
 
 

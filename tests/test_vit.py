@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 from test_formats import assert_one_line_error
 
 from benchmark.cli import main
+from checkpoints.archs import vit as vit_module
 from checkpoints.formats import inspect_checkpoint, load_checkpoint
 from checkpoints.models import build_backbone, build_seeded
 from protocols.detection import check_arch
@@ -75,13 +77,21 @@ def test_timm_state_dict_loads_every_key_and_taps_equal_timm_forward(fixture, ar
 def test_taps_are_named_and_documented_for_every_vit():
     model = build_backbone("deit_tiny_patch16")
     names = [tap.name for tap in model.taps]
-    assert names[:4] == ["cls1", "patch1", "cls2", "patch2"] and names[-4:] == ["cls", "cls_last4", "cls_avgpool", "gap"]
+    assert names[:4] == ["cls1", "patch1", "cls2", "patch2"] and names[-4:] == ["cls_last4", "cls_avgpool", "gap", "cls"]
     assert {tap.name: tap.channels for tap in model.taps if tap.name.startswith(("cls_", "gap"))} == {
         "cls_last4": 4 * 192, "cls_avgpool": 2 * 192, "gap": 192}
     assert all(tap.stride == 0 for tap in model.taps)
-    doc = __import__("checkpoints.archs.vit", fromlist=["x"]).__doc__
     for name in ("`cls{k}`", "`patch{k}`", "`cls`", "`cls_last4`", "`cls_avgpool`", "`gap`"):
-        assert name in doc
+        assert name in vit_module.__doc__
+
+
+def test_a_deep_copy_reads_its_own_weights():
+    model = build_seeded("deit_tiny_patch16", 0).eval()
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.norm.bias.add_(1.0)
+        x = torch.randn(1, 3, 224, 224)
+        torch.testing.assert_close(twin.forward_taps(x, ["cls"])["cls"], model.forward_taps(x, ["cls"])["cls"] + 1.0)
 
 
 def release_layouts(state: State) -> dict[str, tuple[str, object]]:

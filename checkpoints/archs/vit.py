@@ -4,14 +4,14 @@ Taps (all are (B, C) vectors, stride 0; k counts blocks from 1, L is the depth):
 
 - `cls{k}`: the CLS token leaving block k (the residual stream, before the final norm).
 - `patch{k}`: the mean of the patch tokens leaving block k (before the final norm).
-- `cls`: the CLS token of the last block after the final norm: the usual linear-probe readout
-  (MoCo v3, MAE's `--cls_token` linear probe, DINO with n_last_blocks=1).
 - `cls_last4` (L >= 4): the normed CLS tokens of the last 4 blocks concatenated, 4C wide: DINO's
   linear evaluation of ViT-S (n_last_blocks=4).
 - `cls_avgpool`: the normed last CLS token and the mean of the normed last patch tokens, interleaved as
   DINO's eval_linear.py does (n_last_blocks=1, avgpool_patchtokens, its ViT-B recipe), 2C wide.
 - `gap`: MAE's global pool: the mean of the last block's patch tokens through a fresh LayerNorm
   (MAE's fc_norm at its init: no affine, eps 1e-6).
+- `cls` (last, so kNN's default): the CLS token of the last block after the final norm: the usual
+  readout (DINO's kNN and n_last_blocks=1 linear probe, MoCo v3, MAE's `--cls_token` linear probe).
 
 The eval size may differ from the size the checkpoint was trained at: `adapt_input` resamples the
 position embeddings (timm's bicubic resample) once and says so, for the record.
@@ -20,7 +20,7 @@ position embeddings (timm's bicubic resample) once and says so, for the record.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -30,8 +30,6 @@ from torch import nn
 from benchmark.errors import SslBenchError
 from benchmark.registry import ARCHS
 from checkpoints.models import Backbone, Tap
-
-Readout = Callable[[list[torch.Tensor]], torch.Tensor]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,25 +54,26 @@ class ViTBackbone(Backbone, VisionTransformer):
                                    depth=shape.depth, num_heads=num_heads, num_classes=0)
         self.input_size = img_size
         width, last = shape.width, shape.depth
-        self._readouts: dict[str, tuple[int, Readout]] = {}
-        for k in range(1, last + 1):
-            self._readouts[f"cls{k}"] = (k, lambda outs, k=k: outs[k - 1][:, 0])
-            self._readouts[f"patch{k}"] = (k, lambda outs, k=k: self._patches(outs[k - 1]).mean(1))
-        self._readouts["cls"] = (last, lambda outs: self.norm(outs[-1])[:, 0])
-        if last >= 4:
-            self._readouts["cls_last4"] = (last, lambda outs: torch.cat([self.norm(o)[:, 0] for o in outs[-4:]], -1))
-        self._readouts["cls_avgpool"] = (last, self._cls_avgpool)
-        self._readouts["gap"] = (last, lambda outs: nn.functional.layer_norm(
-            self._patches(outs[-1]).mean(1), (width,), eps=1e-6))
+        self._blocks_needed = {name: k for k in range(1, last + 1) for name in (f"cls{k}", f"patch{k}")}
+        self._blocks_needed.update({name: last for name in ("cls_last4", "cls_avgpool", "gap", "cls")
+                                    if name != "cls_last4" or last >= 4})
         wide = {"cls_last4": 4 * width, "cls_avgpool": 2 * width}
-        self.taps = tuple(Tap(name, wide.get(name, width), 0) for name in self._readouts)
+        self.taps = tuple(Tap(name, wide.get(name, width), 0) for name in self._blocks_needed)
 
-    def _patches(self, tokens: torch.Tensor) -> torch.Tensor:
-        return tokens[:, self.num_prefix_tokens:]
-
-    def _cls_avgpool(self, outs: list[torch.Tensor]) -> torch.Tensor:
-        normed = self.norm(outs[-1])
-        return torch.stack((normed[:, 0], self._patches(normed).mean(1)), -1).flatten(1)
+    def _readout(self, name: str, outs: list[torch.Tensor]) -> torch.Tensor:
+        """Tap `name` from the outputs of the blocks run so far (see the module docstring)."""
+        prefix = self.num_prefix_tokens
+        if name == "cls":
+            return self.norm(outs[-1])[:, 0]
+        if name == "cls_last4":
+            return torch.cat([self.norm(tokens)[:, 0] for tokens in outs[-4:]], -1)
+        if name == "cls_avgpool":
+            normed = self.norm(outs[-1])
+            return torch.stack((normed[:, 0], normed[:, prefix:].mean(1)), -1).flatten(1)
+        if name == "gap":
+            return nn.functional.layer_norm(outs[-1][:, prefix:].mean(1), (outs[-1].shape[-1],), eps=1e-6)
+        tokens = outs[self._blocks_needed[name] - 1]
+        return tokens[:, 0] if name.startswith("cls") else tokens[:, prefix:].mean(1)
 
     def forward_taps(self, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
         wanted = self.check_taps(names)
@@ -84,13 +83,13 @@ class ViTBackbone(Backbone, VisionTransformer):
         if tuple(x.shape[-2:]) != expected:
             raise SslBenchError(f"{self.arch} is set for {expected[0]}x{expected[1]} px inputs but got "
                                 f"{x.shape[-2]}x{x.shape[-1]}; call adapt_input() with the eval size first")
-        depth = max(self._readouts[name][0] for name in wanted)
+        depth = max(self._blocks_needed[name] for name in wanted)
         x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
         outs = []
         for block in self.blocks[:depth]:
             x = block(x)
             outs.append(x)
-        return {name: self._readouts[name][1](outs) for name in wanted}
+        return {name: self._readout(name, outs) for name in wanted}
 
     def adapt_input(self, size: int) -> dict[str, Any]:
         patch = self.patch_embed.patch_size[0]
@@ -122,10 +121,8 @@ def infer_vit(state: Mapping[str, torch.Tensor]) -> str | None:
         return None
     names = [name for name in ARCHS.names("vit_*") + ARCHS.names("deit_*")
              if getattr(ARCHS.get(name), "network", None) == shape]
-    distilled = "dist_token" in state
-    if distilled:
-        return f"{names[0].replace('patch', 'distilled_patch')}" if names else f"distilled {shape}"
-    return names[0] if names else str(shape)
+    name = names[0] if names else str(shape)
+    return f"distilled {name}" if "dist_token" in state else name
 
 
 def checkpoint_kwargs(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:

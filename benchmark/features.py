@@ -144,11 +144,8 @@ class FeatureExtractor:
             raise RuntimeError(f"dataset '{dataset.name}' split '{split}': {len(images)} images, "
                                f"{len(ids)} ids, {len(labels)} labels")
         self.input_size = _input_size(images)
-        specs = {tap: self.pooling(tap) for tap in taps}
-        dataset_digest = dataset.digest()
-        paths = {tap: self._cache_path(cache_key(self.checkpoint_digest, dataset_digest, split, tap,
-                                                 transform_id, specs[tap].describe(), dataset.limit))
-                 for tap in taps}
+        specs, keys = self._specs_and_keys(dataset, split, taps, transform_id)
+        paths = {tap: self._cache_path(keys[tap]) for tap in taps}
         features = {tap: array for tap in taps
                     if (array := _load(paths[tap], len(ids))) is not None}
         local_missing = [tap for tap in taps if tap not in features]
@@ -161,6 +158,53 @@ class FeatureExtractor:
                 for tap, array in computed.items():
                     _save(paths[tap], array)
         return FeatureSet(features={tap: features[tap] for tap in taps}, labels=labels, ids=list(ids))
+
+    def extract_rows(self, dataset: ImageDataset, split: str, taps: Sequence[str], transform: Any,
+                     transform_id: str, rows: Sequence[int]) -> FeatureSet:
+        """Pooled float32 features of the images at positions `rows` of `split` only, in that order: the rows
+        a full extraction would give there. Cached per image (one file per image and tap), so that other
+        subsets of the split reuse them; only images missing for some tap go through the network."""
+        taps = tuple(dict.fromkeys(taps))
+        images = dataset.open_split(split, transform)
+        ids, labels = dataset.ids(split), np.asarray(dataset.labels(split))
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.ndim != 1 or len(rows) == 0 or rows.min() < 0 or rows.max() >= len(ids):
+            raise SslBenchError(f"features of split '{split}' of dataset '{dataset.name}': expected a non-empty "
+                                f"list of image positions in 0..{len(ids) - 1}, got {len(rows)} positions")
+        self.input_size = _input_size(images)
+        specs, keys = self._specs_and_keys(dataset, split, taps, transform_id)
+        folders = {tap: self._row_folder(keys[tap]) for tap in taps}
+        cached = {tap: [_load_row(folders[tap], int(row)) for row in rows] for tap in taps}
+        local_missing = sorted({i for tap in taps for i, row in enumerate(cached[tap]) if row is None})
+        missing = sorted(set().union(*distributed.all_gather_objects(local_missing)))
+        if missing:
+            computed = self._compute(_Subset(images, rows[missing]), split, list(taps), specs)
+            for tap, array in computed.items():
+                for i, row in zip(missing, array):
+                    cached[tap][i] = row
+                    if distributed.is_main_process():
+                        _save(_row_path(folders[tap], int(rows[i])), row[None])
+        return FeatureSet(features={tap: np.stack([row.reshape(-1) for row in cached[tap]]) for tap in taps},
+                          labels=labels[rows], ids=[ids[row] for row in rows])
+
+    def _specs_and_keys(self, dataset: ImageDataset, split: str, taps: Sequence[str],
+                        transform_id: str) -> tuple[dict[str, PoolSpec], dict[str, str]]:
+        """Every tap's pooling (at the current input size) and the cache key of its features on `split`."""
+        specs = {tap: self.pooling(tap) for tap in taps}
+        digest = dataset.digest()
+        return specs, {tap: cache_key(self.checkpoint_digest, digest, split, tap, transform_id, specs[tap].describe(),
+                                      dataset.limit) for tap in taps}
+
+    def _specs_and_keys(self, dataset: ImageDataset, split: str, taps: Sequence[str],
+                        transform_id: str) -> tuple[dict[str, PoolSpec], dict[str, str]]:
+        """Every tap's pooling (at the current input size) and the cache key of its features on `split`."""
+        specs = {tap: self.pooling(tap) for tap in taps}
+        digest = dataset.digest()
+        return specs, {tap: cache_key(self.checkpoint_digest, digest, split, tap, transform_id, specs[tap].describe(),
+                                      dataset.limit) for tap in taps}
+
+    def _row_folder(self, key: str) -> Path | None:
+        return self.cache_dir / "rows" / key if self.cache_dir is not None else None
 
     def _cache_path(self, key: str) -> Path | None:
         return self.cache_dir / f"{key}.npy" if self.cache_dir is not None else None
@@ -193,6 +237,29 @@ class FeatureExtractor:
         if position != rows:
             raise RuntimeError(f"the loader gave {position} images for {rows} expected")
         return {tap: distributed.gather_rows(array, indices, total) for tap, array in out.items()}
+
+
+class _Subset(torch.utils.data.Dataset):
+    """Items rows[j] of a split as item j: (image, j), the layout _compute expects."""
+
+    def __init__(self, images: torch.utils.data.Dataset, rows: np.ndarray) -> None:
+        self.images, self.rows = images, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, j: int) -> tuple[Any, int]:
+        return self.images[int(self.rows[j])][0], j
+
+
+def _row_path(folder: Path | None, row: int) -> Path | None:
+    """Where image `row`'s cached feature row lives: a thousand files per subfolder."""
+    return folder / f"{row // 1000:04d}" / f"{row}.npy" if folder is not None else None
+
+
+def _load_row(folder: Path | None, row: int) -> np.ndarray | None:
+    """A cached (1, D) row of one image, or None."""
+    return _load(_row_path(folder, row), 1)
 
 
 def _input_size(images: torch.utils.data.Dataset) -> int:

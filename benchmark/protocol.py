@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -121,11 +121,19 @@ class RunContext:
     identity: dict[str, Any] = dataclasses.field(default_factory=dict)
     batch_size: int = 64
     workers: int = 0
+    extract_rows: Callable[[str, tuple[str, ...], np.ndarray], FeatureSet] | None = None
     cache_dir: Path | None = None  # the run's --cache folder (None: --no-cache); protocols cache derived data there
 
-    def features(self, split: str, taps: Iterable[str] | None = None) -> FeatureSet:
-        """Pooled features of `split` for `taps` (default: the run's taps), from the cache when present."""
-        return self.extract(split, tuple(taps) if taps is not None else self.taps)
+    def features(self, split: str, taps: Iterable[str] | None = None, rows: Sequence[int] | None = None) -> FeatureSet:
+        """Pooled features of `split` for `taps` (default: the run's taps; () for labels and ids only), from the
+        cache when present; rows: only the images at these positions of the split, in that order, cached per
+        image (a subset of a large split without extracting all of it)."""
+        wanted = tuple(taps) if taps is not None else self.taps
+        if rows is None:
+            return self.extract(split, wanted)
+        if self.extract_rows is None:
+            raise RuntimeError("RunContext.features(rows=...) needs extract_rows")
+        return self.extract_rows(split, wanted, np.asarray(rows, dtype=np.int64))
 
     def progress(self, iterable: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
         """Iterate with a progress bar (tqdm on a terminal, quiet otherwise)."""

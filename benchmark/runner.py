@@ -164,10 +164,20 @@ def run(options: RunOptions, progress_factory: Callable[..., Any] | None = None,
         log(f"features {split} [{', '.join(wanted)}]: {len(features)} images in {time.perf_counter() - tick:.1f}s")
         return features
 
+    def extract_rows(split: str, wanted: tuple[str, ...], rows: np.ndarray) -> FeatureSet:
+        nonlocal extract_seconds
+        tick = time.perf_counter()
+        features = extractor.extract_rows(dataset, split, backbone.check_taps(wanted), transform, transform_id, rows)
+        extract_seconds += time.perf_counter() - tick
+        log(f"features {split} [{', '.join(wanted)}]: {len(rows)} of its images in "
+            f"{time.perf_counter() - tick:.1f}s")
+        return features
+
     context = RunContext(backbone=backbone, taps=taps, dataset=dataset, device=device, seed=options.seed,
                          state=state, extract=extract, progress_factory=progress_factory, log=log,
                          input=input_spec, artifacts=artifacts, resume=options.resume, identity=identity,
-                         batch_size=options.batch_size, workers=options.workers, cache_dir=options.cache_dir)
+                         batch_size=options.batch_size, workers=options.workers, cache_dir=options.cache_dir,
+                         extract_rows=extract_rows)
     protocol_started = time.perf_counter()
     with _resumed_state_errors(state, resumed_pieces):
         result = protocol.run(context, config)

@@ -156,9 +156,12 @@ class LowshotProtocol(Protocol):
         grid, costs = resolve_costs(config.costs, config.custom_costs)
         keys = [(tap, k) for tap in ctx.taps for k in config.ks]
         pending_taps = list(dict.fromkeys(tap for tap, k in keys if f"k:{tap}:{k}" not in ctx.state))
-        train = ctx.features(train_split, pending_taps or ctx.taps[:1])
+        train = ctx.features(train_split, ())  # labels only: the features of just the drawn rows come below
         test = ctx.features(test_split, pending_taps or ctx.taps[:1])
         plan = self._plan(ctx, config, np.asarray(train.labels), np.asarray(test.labels), train_split, test_split)
+        drawn = np.unique(np.concatenate([plan["draw"](k).rows for k in plan["ks"]]))
+        if pending_taps:
+            train = ctx.features(train_split, pending_taps, rows=drawn)
         for tap in ctx.progress(pending_taps, desc="lowshot taps", total=len(pending_taps)):
             X, _ = take_tap(train, tap, train_split, self.name, config.solver)
             Q, _ = take_tap(test, tap, test_split, self.name, config.solver)
@@ -167,7 +170,9 @@ class LowshotProtocol(Protocol):
                                     f"{Q.shape[1]} on the test split; clear the feature cache and rerun")
             for k in ctx.progress(plan["ks"], desc=f"lowshot {tap} k", total=len(plan["ks"])):
                 if f"k:{tap}:{k}" not in ctx.state:
-                    ctx.state.put(f"k:{tap}:{k}", self._run_k(ctx, config, costs, plan, k, X, Q))
+                    draw = plan["draw"](k)
+                    ctx.state.put(f"k:{tap}:{k}", self._run_k(ctx, config, costs, plan, k, draw,
+                                                               X[np.searchsorted(drawn, draw.rows)], Q))
             del train.features[tap], test.features[tap]
         metrics: dict[str, dict[str, float]] = {}
         per_k: dict[str, dict[str, Any]] = {}
@@ -264,14 +269,12 @@ class LowshotProtocol(Protocol):
         return plan
 
     def _run_k(self, ctx: RunContext, config: LowshotConfig, costs: tuple[float, ...], plan: dict[str, Any],
-               k: int, X: np.ndarray, Q: np.ndarray) -> dict[str, Any]:
-        """Metrics and details of one (tap, k), JSON-ready (what resume stores)."""
-        draw: Draw = plan["draw"](k)
+               k: int, draw: Draw, X: np.ndarray, Q: np.ndarray) -> dict[str, Any]:
+        """Metrics and details of one (tap, k), JSON-ready (what resume stores); X holds draw.rows' features."""
         n_classes, S = len(plan["classes"]), config.samples
         multiclass = plan["task"] == "multiclass"
         test_map, test_top1 = np.zeros((S, len(costs))), np.zeros((S, len(costs)))
         class_ap = np.zeros((S, len(costs), n_classes))
-        X = X[draw.rows]
         svm = self._fit(ctx, config, costs, X, draw.targets, draw.masks)
         classes = np.asarray(plan["classes"])
         for c in range(len(costs)):

@@ -368,3 +368,23 @@ def test_amp_defaults_and_bfloat16_autocast() -> None:
     mixed = extractor(tiny_net(), amp=True).extract(data, "train", ["res3"], identity, "id").features["res3"]
     assert mixed.dtype == np.float32 and not np.array_equal(mixed, exact)  # autocast really ran
     np.testing.assert_allclose(mixed, exact, rtol=0.05, atol=0.02 * np.abs(exact).max())
+
+
+def test_extract_rows_gives_the_full_extraction_rows_cached_per_image(tmp_path) -> None:
+    """A subset by positions equals those rows of a full extraction (labels and ids too); a later subset
+    sends only the images not cached yet through the network, and one fully cached sends none."""
+    data, net, taps = TinyImages(n=13), tiny_net(), ["conv1", "res3", "res5avg"]
+    full = extractor(net).extract(data, "train", taps, identity, "id")
+    engine = extractor(net, tmp_path)
+    for rows, forwards in (([11, 2, 7], 1), ([7, 5, 2, 12, 0, 9], 1), ([12, 2], 0)):
+        before = len(net.requested)
+        part = engine.extract_rows(data, "train", taps, identity, "id", rows)
+        assert len(net.requested) - before == forwards  # batches of 4: only the uncached images
+        assert part.ids == [full.ids[r] for r in rows]
+        np.testing.assert_array_equal(part.labels, full.labels[rows])
+        for tap in taps:
+            assert part.features[tap].dtype == np.float32
+            # the same images in other batches: equal up to float32 summation order (as a partial cache above)
+            np.testing.assert_allclose(part.features[tap], full.features[tap][rows], rtol=1e-6, atol=1e-7)
+    with pytest.raises(SslBenchError, match="positions in 0..12"):
+        engine.extract_rows(data, "train", taps, identity, "id", [3, 13])

@@ -236,6 +236,21 @@ def test_multiclass_skips_large_k_and_checks_top1(tmp_path) -> None:
         LowshotProtocol().run(make_ctx(tmp_path / "x", ["res5avg"], splits), LowshotConfig(ks=(6, 8)))
 
 
+def test_train_split_extracted_only_at_the_drawn_rows(tmp_path) -> None:
+    """The train split is asked for its labels, then for the features of the union of every k's draws only."""
+    splits = {"train": multiclass_data([30, 25, 40], 12, 0), "test": multiclass_data([6, 6, 6], 12, 1)}
+    calls = []
+    ctx = fake_context(tmp_path, ["res5avg"], splits, calls=calls)
+    config = LowshotConfig(ks=(1, 4), samples=3)
+    LowshotProtocol().run(ctx, config)
+    y = splits["train"][1]
+    union = np.unique(np.concatenate([drawn([0, s, k, c], np.flatnonzero(y == c), k)
+                                      for k in (1, 4) for s in range(3) for c in range(3)]))
+    train_calls = [call for call in calls if call[0] == "train"]
+    assert train_calls == [("train", ()), ("train", ("res5avg",), union.tolist())]
+    assert len(union) < len(y)
+
+
 def test_multiclass_through_the_runner_against_brute_force(tmp_path, monkeypatch) -> None:
     """Generated Places205, random resnet18_cifar; reference SVMs and a brute-force argmax on the same features."""
     from benchmark import features as features_module
@@ -245,20 +260,31 @@ def test_multiclass_through_the_runner_against_brute_force(tmp_path, monkeypatch
     root = write_places205(tmp_path / "places", seed=0, n_classes=4, train_per_class=6, val_per_class=4, size=32)
     captured = {}
     original = features_module.FeatureExtractor.extract
+    original_rows = features_module.FeatureExtractor.extract_rows
 
     def spy(self, dataset, split, taps, transform, transform_id):
         fs = original(self, dataset, split, taps, transform, transform_id)
-        captured[split] = (fs.features["res5avg"].copy(), np.asarray(fs.labels).copy())
+        captured[split] = (fs.features.get("res5avg"), np.asarray(fs.labels).copy())
+        return fs
+
+    def spy_rows(self, dataset, split, taps, transform, transform_id, rows):
+        fs = original_rows(self, dataset, split, taps, transform, transform_id, rows)
+        captured["rows"] = (np.asarray(rows).copy(), fs.features["res5avg"].copy())
         return fs
 
     monkeypatch.setattr(features_module.FeatureExtractor, "extract", spy)
+    monkeypatch.setattr(features_module.FeatureExtractor, "extract_rows", spy_rows)
     record, _ = run(RunOptions(checkpoint="random:resnet18_cifar", protocol="lowshot", dataset="places205",
                                data_root=root, taps=("res5avg",), results_dir=tmp_path / "results",
                                overrides={"ks": "1,3,8", "samples": "2", "solver": "liblinear"}))
     details = record["details"]
     assert details["skipped_ks"] == {"8": "larger than the smallest class (6 images)"}
     assert details["solver"] == "liblinear" and details["liblinear_settings"]["random_state"] == 0
-    (X, y), (Q, q_y) = captured["train"], captured["val"]
+    (nothing, y), (Q, q_y) = captured["train"], captured["val"]
+    assert nothing is None  # the train split's features come only for the drawn rows
+    picked, subset = captured["rows"]
+    X = np.full((len(y), subset.shape[1]), np.nan, np.float32)
+    X[picked] = subset
     Xn, Qn = normalize_features(X, np.float64), normalize_features(Q, np.float64)  # liblinear's inputs
     for k in (1, 3):
         entry = details["per_k"]["res5avg"][str(k)]
@@ -282,7 +308,7 @@ def test_multiclass_through_the_runner_against_brute_force(tmp_path, monkeypatch
 def test_bad_inputs_and_config(tmp_path, voc_like) -> None:
     X, labels = voc_like["train"]
     bad = X.copy()
-    bad[0, 0] = np.inf
+    bad[:, 0] = np.inf  # every row: only the drawn ones are extracted and checked
     with pytest.raises(SslBenchError, match="NaN/Inf"):
         LowshotProtocol().run(make_ctx(tmp_path, ["res4"], {"train": (bad, labels), "test": voc_like["test"]}),
                               LowshotConfig(ks=(1,), samples=1))

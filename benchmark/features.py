@@ -195,14 +195,6 @@ class FeatureExtractor:
         return specs, {tap: cache_key(self.checkpoint_digest, digest, split, tap, transform_id, specs[tap].describe(),
                                       dataset.limit) for tap in taps}
 
-    def _specs_and_keys(self, dataset: ImageDataset, split: str, taps: Sequence[str],
-                        transform_id: str) -> tuple[dict[str, PoolSpec], dict[str, str]]:
-        """Every tap's pooling (at the current input size) and the cache key of its features on `split`."""
-        specs = {tap: self.pooling(tap) for tap in taps}
-        digest = dataset.digest()
-        return specs, {tap: cache_key(self.checkpoint_digest, digest, split, tap, transform_id, specs[tap].describe(),
-                                      dataset.limit) for tap in taps}
-
     def _row_folder(self, key: str) -> Path | None:
         return self.cache_dir / "rows" / key if self.cache_dir is not None else None
 

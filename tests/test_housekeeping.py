@@ -97,3 +97,14 @@ def test_no_empty_partial_folder_stays_behind(tmp_path, folder_root, monkeypatch
     assert len(list(folder.iterdir())) == 1
     run(RunOptions(**{**vars(options), "resume": True}))
     assert not folder.exists()
+
+
+@pytest.mark.parametrize("arch, tap", [("alexnet", "conv5"), ("resnet18_cifar", "res5avg")])
+def test_knn_defaults_to_the_arch_last_tap(capsys, tmp_path, folder_root, arch, tap):
+    results = tmp_path / "r"
+    code, _, err = run_cli(capsys, "run", "--checkpoint", f"random:{arch}", "--protocol", "knn", "--dataset",
+                           "folder", "--data-root", str(folder_root), "--results", str(results), "--workers", "0",
+                           "--set", "ks=1,3", "--no-cache", "--limit", "6", "--batch-size", "6")
+    assert code == 0, err
+    record = json.loads(next(results.rglob("knn.json")).read_text())
+    assert record["taps"] == [tap] and set(record["metrics"]) == {tap}

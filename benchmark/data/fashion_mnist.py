@@ -146,8 +146,8 @@ class FashionMnist(ImageDataset):
                                     f"in {label_path}; expected (N, 28, 28) with N labels")
             if labels.size and labels.max() >= len(CLASSES):
                 raise SslBenchError(f"{label_path} holds label {labels.max()}; Fashion-MNIST labels are 0..9")
-            self._kept[split] = self.subset(labels)
-            self._arrays[split] = (images[self._kept[split]], labels[self._kept[split]])
+            kept = self._kept[split] = self.subset(labels)
+            self._arrays[split] = (images[kept], labels[kept]) if len(kept) < len(labels) else (images, labels)
         return self._arrays[split]
 
     def ids(self, split: str) -> list[str]:

@@ -399,7 +399,8 @@ def extract(obj: Any, fmt: str | None, source: str, key: str | None = None,
         if loader.detect(obj):
             return loader, _extract_with(loader, obj, source)
     raise SslBenchError(f"{source}: no known checkpoint layout (top-level keys: {_top_keys(obj)}); "
-                        f"name one with --format ({', '.join(FORMATS.names())})")
+                        f"name one with --format ({', '.join(FORMATS.names())}) or point at the trunk with --key "
+                        f"DICT and --prefix PREFIX")
 
 
 # -------------------------------------------------------------------------------------------- architectures

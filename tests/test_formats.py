@@ -362,7 +362,7 @@ def custom_layout(state: State) -> dict:
 def test_key_and_prefix_point_at_a_trunk_no_layout_knows(r18, tmp_path):
     path = tmp_path / "custom.pth"
     torch.save(custom_layout(r18), path)
-    assert_one_line_error(lambda: load_checkpoint(str(path)), "no known checkpoint layout")
+    assert_one_line_error(lambda: load_checkpoint(str(path)), "no known checkpoint layout", "--key", "--prefix")
     loaded = load_checkpoint(str(path), key="ema", prefix="net.trunk.")
     assert (loaded.arch, loaded.missing, loaded.unexpected) == ("resnet18", [], [])
     assert_weights_equal(loaded.backbone, r18)

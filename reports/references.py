@@ -61,7 +61,7 @@ _VOC07 = _goyal("voc07_svm", "mAP", "voc2007", RES_TAPS, {
     "Jigsaw ImageNet-1k": (27.09, 45.73, 56.61, 64.51, 57.17),
     "Jigsaw ImageNet-22k": (23.46, 46.72, 58.52, 71.76, 64.92),
     "Jigsaw YFCC-100M": (18.98, 46.71, 57.77, 71.21, 64.34),
-}, GOYAL, "VOC07 linear SVM per layer, test mAP")
+}, GOYAL, "VOC07 linear SVM per layer (liblinear), test mAP")
 
 _PLACES = _goyal("places205_linear", "top1", "places205", RES_TAPS, {
     "ImageNet supervised": (14.84, 32.59, 42.06, 50.83, 52.49),
@@ -118,15 +118,15 @@ _LOWSHOT_KS = (1, 2, 4, 8, 16, 32, 64, 96)
 _LOWSHOT_VALUES = (52.99, 63.55, 73.70, 78.79, 81.76, 83.75, 85.18, 85.97)
 _OPENSELFSUP = [
     ReferenceRow("voc07_svm", "mAP", _TV_SUPERVISED, "resnet50", {"res5": 87.17}, OPENSELFSUP,
-                 "VOC07 SVM, best tap res5", "voc2007"),
+                 "VOC07 SVM (liblinear), best tap res5", "voc2007"),
     ReferenceRow("voc07_svm", "mAP", "Random init RN50 (OpenSelfSup zoo)", "resnet50", {BEST: 30.54}, OPENSELFSUP,
-                 "VOC07 SVM, best tap (not named by the source)", "voc2007"),
+                 "VOC07 SVM (liblinear), best tap (not named by the source)", "voc2007"),
     ReferenceRow("voc07_svm", "mAP", "MoCo v2 RN50 (OpenSelfSup zoo)", "resnet50", {BEST: 84.26}, OPENSELFSUP,
-                 "VOC07 SVM, best tap (not named by the source)", "voc2007"),
+                 "VOC07 SVM (liblinear), best tap (not named by the source)", "voc2007"),
     ReferenceRow("places205_linear", "top1", _TV_SUPERVISED, "resnet50", dict(zip(RES_TAPS, (
         21.27, 36.10, 43.03, 51.38, 53.05))), OPENSELFSUP, "Places205 linear per layer, top-1", "places205"),
     *[ReferenceRow("lowshot", f"mAP_k{k}_mean", _TV_SUPERVISED, "resnet50", {"res5": value}, OPENSELFSUP,
-                   f"VOC07 low-shot SVM, k = {k}, best tap res5", "voc2007")
+                   f"VOC07 low-shot SVM (liblinear), k = {k}, best tap res5", "voc2007")
       for k, value in zip(_LOWSHOT_KS, _LOWSHOT_VALUES)],
 ]
 

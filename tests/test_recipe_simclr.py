@@ -12,7 +12,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from benchmark import distributed
-from checkpoints.recipes.simclr import nt_xent
+from benchmark.protocol import InputSpec
+from checkpoints.recipes.simclr import Simclr, SimclrConfig, nt_xent
 
 
 def nt_xent_float64(z1: np.ndarray, z2: np.ndarray, temperature: float) -> float:
@@ -73,3 +74,11 @@ def test_negatives_from_two_processes_give_the_one_process_loss_and_gradients(tm
         mine = slice(rank * 4, (rank + 1) * 4)
         expected = torch.cat([a.grad[mine], b.grad[mine]])
         torch.testing.assert_close(part["grads"], expected, rtol=0, atol=64 * eps * float(expected.abs().max()))
+
+
+def test_crop_min_scale_reaches_the_crop_and_is_checked() -> None:
+    views = Simclr().views(SimclrConfig(crop_min_scale=0.3), InputSpec(32, (0.5,), (0.25,)), None)
+    crop = views.transforms[0].transforms[0]
+    assert crop.scale == (0.3, 1.0)
+    with pytest.raises(ValueError, match="crop_min_scale"):
+        SimclrConfig(crop_min_scale=0.0)

@@ -49,7 +49,7 @@ def test_steps_on_one_batch_lower_the_loss(name: str) -> None:
     batch = [torch.stack(parts) for parts in zip(*[views(images[i][0]) for i in range(32)])]
     index = torch.arange(32)
     model.on_epoch_start(0)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.02, momentum=0.9)
 
     def loss() -> torch.Tensor:
         out = model(tuple(batch), index)

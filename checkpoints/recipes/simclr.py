@@ -28,12 +28,15 @@ class SimclrConfig(RecipeConfig):
     temperature: float = 0.1
     projection_dim: int = 128
     color_strength: float = 1.0  # 0.5 on CIFAR in the paper
+    crop_min_scale: float = 0.08  # RandomResizedCrop's smallest area fraction
     crop: str = "random"  # or "contrastive": ContrastiveCrop (Peng et al. 2022) in place of RandomResizedCrop
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.temperature > 0 or self.projection_dim < 1 or not self.color_strength >= 0:
             raise ValueError("temperature must be > 0, projection_dim >= 1 and color_strength >= 0")
+        if not 0 < self.crop_min_scale <= 1:
+            raise ValueError(f"crop_min_scale: expected a number in (0, 1], got {self.crop_min_scale!r}")
         if self.crop not in CROPS:
             raise ValueError(f"crop: expected one of {', '.join(CROPS)}, got {self.crop!r}")
 
@@ -97,5 +100,6 @@ class Simclr(Recipe):
 
     def views(self, config: SimclrConfig, input_spec: InputSpec, dataset: Any) -> Views:
         boxes = bind_boxes(getattr(self, "crop_boxes", None), config.crop, input_spec, dataset)
-        augment = simclr_augmentation(input_spec, color_strength=config.color_strength, boxes=boxes)
+        augment = simclr_augmentation(input_spec, color_strength=config.color_strength,
+                                      scale=(config.crop_min_scale, 1.0), boxes=boxes)
         return Views(augment, augment)

@@ -28,10 +28,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from sklearn.metrics import average_precision_score
 from sklearn.model_selection import StratifiedKFold
 
-from protocols.svm import BatchedLinearSVC, normalize_features
+from protocols.svm import Basis, BatchedLinearSVC, normalize_features
 from svm_profile import estimate_liblinear, sections
 
 COSTS = [0.01, 0.1, 1, 2, 5, 10, 15, 20, 50, 100, 1000]
@@ -85,7 +86,8 @@ def run_pipeline(solver: str, X: np.ndarray, Y: np.ndarray, X_test: np.ndarray,
     fold_of = folds_of(Y)
     train_mask = np.concatenate([fold_of != k for k in range(FOLDS)], axis=1)  # column k * classes + c
     start = time.perf_counter()
-    cv = BatchedLinearSVC(COSTS, solver=solver).fit(X, np.tile(Y, FOLDS), train_mask)
+    basis = Basis(X, torch.device("cpu")) if solver == "batched" else None  # shared by CV and refit, as in voc07_svm
+    cv = BatchedLinearSVC(COSTS, solver=solver).fit(X, np.tile(Y, FOLDS), train_mask, basis=basis)
     scores = cv.decision_function(X)
     cv_ap = np.zeros((len(COSTS), classes))
     for k in range(FOLDS):
@@ -102,7 +104,7 @@ def run_pipeline(solver: str, X: np.ndarray, Y: np.ndarray, X_test: np.ndarray,
               else [(np.array([j]), np.flatnonzero(best == j)) for j in distinct])
     test_scores = np.zeros(Y_test.shape, np.float32)
     for grid, cols in groups:
-        final = BatchedLinearSVC([COSTS[j] for j in grid], solver=solver).fit(X, Y[:, cols])
+        final = BatchedLinearSVC([COSTS[j] for j in grid], solver=solver).fit(X, Y[:, cols], basis=basis)
         at = np.searchsorted(grid, best[cols])
         coef, intercept = final.coef_[at, np.arange(len(cols))], final.intercept_[at, np.arange(len(cols))]
         test_scores[:, cols] = X_test @ coef.T + intercept

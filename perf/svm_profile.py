@@ -13,10 +13,11 @@ import numpy as np
 from protocols import svm as svm_module
 from protocols.svm_liblinear import SETTINGS
 
-# solver internals timed, by the name printed: the Gram matrix blocks, the eigendecomposition, the
-# preconditioner's set-up (its diagonal and Cholesky blocks), preconditioned CG, the exact line search
-SECTIONS = {"gram": "_gram", "eigh": "_eigh_inplace", "preconditioner": "_Preconditioner", "cg": "_cg",
-            "line_search": "_line_search"}
+# solver internals timed, by the name printed: the Gram matrix blocks, the eigendecomposition, the block
+# preconditioner's set-up (its diagonal and Cholesky blocks), the Woodbury one's (its float64 factors),
+# preconditioned CG (with the preconditioners' solves), the exact line search
+SECTIONS = {"gram": "_gram", "eigh": "_eigh_inplace", "block_preconditioner": "_Preconditioner",
+            "woodbury_factors": "_WoodburyPreconditioner", "cg": "_cg", "line_search": "_line_search"}
 
 
 @contextlib.contextmanager

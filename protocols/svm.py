@@ -9,19 +9,24 @@ strongly convex, so its optimum is unique and any exact solver reaches it.
 
 The batched solver shares X between all problems. It works in the principal
 basis of X~ = [X, 1] (X~ = F V^T, V orthonormal, F = X~ V with orthogonal
-columns), so every product is N x r with r = min(N, D + 1), and the Newton
-system is well preconditioned by its block on the leading directions plus its
-diagonal on the rest. Each cost is a truncated Newton (preconditioned CG) with
-exact line search on the piecewise quadratic (Keerthi & DeCoste 2005),
-warm-started from the previous cost; converged problems leave the batch, and
-columns stop moving in CG as soon as their own residual is small enough.
+columns), so every product is N x r with r = min(N, D + 1). Each cost is a
+truncated Newton (preconditioned CG) with exact line search on the piecewise
+quadratic (Keerthi & DeCoste 2005), warm-started from the previous cost;
+converged problems leave the batch, and columns stop moving in CG as soon as
+their own residual is small enough. The Newton system I + 2C F_s^T W F_s (s:
+the rows inside the margin) is preconditioned per column by whichever is
+cheaper: its block on the leading directions plus its diagonal on the rest, or,
+when few rows are inside the margin (large C, where the first needs hundreds of
+CG steps) and N <= D + 1, its exact inverse through the Woodbury identity on the
+Gram matrix of those rows (then CG takes a few steps).
 
 Everything runs on the solver's device (torch), the eigendecomposition too
 except on the CPU, where scipy's in-place one is faster and smaller. Memory,
 beyond X: the float64 eigendecomposition (two r x r or (D + 1)^2 matrices, 16
 bytes per entry, in place on the host; torch.linalg.eigh's workspace on a
-GPU) while the basis is built, then F (float32, N x r) and a few MB of scratch
-while solving.
+GPU) while the basis is built, then F (float32, N x r) and a few MB of scratch while
+solving; when N <= D + 1 also the Gram matrix (float32, N x N), and from the first
+Woodbury step F in float64 and Cholesky factors (FACTOR_SHARE of X's bytes).
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ TOP_BLOCK = 64  # leading directions whose Hessian block is factorised exactly f
 RANK_RTOL = 1e-7  # basis directions with a smaller share of the largest eigenvalue are rounding noise
 CG_RTOL = 0.01  # inexact Newton: CG stops at this fraction of the gradient norm (0.1 costs ~20% more
 # in all: the Newton steps it saves at large C are worth more than the extra CG steps)
+ACTIVE_SET_CG_STEPS = 20  # block-preconditioned CG steps per Newton step assumed before the first is seen
+FACTOR_SLOWDOWN = 4.0  # a float64 Cholesky flop against a float32 matrix product flop (2 CPU cores: 4-5)
+FACTOR_SHARE = 0.25  # Woodbury factors held at once, as a share of X's bytes
 GRAM_ROWS = 256  # rows per float32 block of a Gram matrix on its way into the float64 one
 SCRATCH_FLOATS = 1 << 20  # the preconditioner's scratch: a few MB, reused from step to step
 # device types whose eigendecomposition runs in scipy on the host: in place (half the memory of
@@ -79,14 +87,16 @@ class BatchedLinearSVC:
         self.device = device
         self.progress = progress
 
-    def fit(self, X: np.ndarray, Y: np.ndarray, mask: np.ndarray | None = None) -> BatchedLinearSVC:
+    def fit(self, X: np.ndarray, Y: np.ndarray, mask: np.ndarray | None = None,
+            basis: Basis | None = None) -> BatchedLinearSVC:
         """X float32 (N, D) (already normalised by the caller); Y (N, M) with 1 = positive, 0 = negative
         for M independent binary problems ("columns"); mask bool (N, M): rows that take part in column m's
         training (None = all). Columns may be classes, or (fold, class) pairs stacked side by side, or
         (sample, class) pairs: the solver treats every column as its own problem, sharing X.
         A column with no positive or no negative among its masked rows is a user error
         (SslBenchError naming the column index) unless the caller filtered it out.
-        X float64 stays float64 with solver=liblinear, as FAIR and VISSL fit it.
+        X float64 stays float64 with solver=liblinear, as FAIR and VISSL fit it. basis: Basis(X, device) of
+        this same X, to share one eigendecomposition between fits (solver=batched; built here when None).
         Sets coef_ (n_costs, M, D) and intercept_ (n_costs, M) (float32; float64 with liblinear on float64 X),
         n_iter_ (n_costs, M) and over_cap_ bool (n_costs, M): whether liblinear with SETTINGS stops
         (solver=liblinear) or may stop (solver=batched: svm_liblinear.over_cap_bound) at its iteration cap
@@ -98,7 +108,7 @@ class BatchedLinearSVC:
                 X, Y, mask, costs, {1: self.pos_weight, 0: self.neg_weight}, self.tol, self._wrap)
             self.over_cap_ = self.n_iter_ >= SETTINGS["max_iter"]
         else:
-            self._fit_batched(X, Y, mask, costs)
+            self._fit_batched(X, Y, mask, costs, basis)
         return self
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
@@ -127,9 +137,14 @@ class BatchedLinearSVC:
         """The progress bar around iterable, when there is one."""
         return self.progress(iterable, desc=desc, total=total) if self.progress else iterable
 
-    def _fit_batched(self, X: np.ndarray, Y: np.ndarray, mask: np.ndarray, costs: list[float]) -> None:
+    def _fit_batched(self, X: np.ndarray, Y: np.ndarray, mask: np.ndarray, costs: list[float],
+                     basis: Basis | None) -> None:
         device = torch.device(self.device)
-        basis = _Basis(X, device)
+        if basis is None:
+            basis = Basis(X, device)
+        elif tuple(basis.X.shape) != X.shape or basis.X.device.type != device.type:
+            raise SslBenchError(f"basis: built for {tuple(basis.X.shape)} features on {basis.X.device}, "
+                                f"not for these {X.shape} on {device}; build Basis(X, device) of this X")
         F = basis.F
         y = torch.from_numpy(np.where(Y > 0, 1.0, -1.0)).to(device)
         a = torch.from_numpy(np.where(Y > 0, self.pos_weight, self.neg_weight) * mask).to(device)
@@ -144,8 +159,9 @@ class BatchedLinearSVC:
         weights = (min(self.pos_weight, self.neg_weight), max(self.pos_weight, self.neg_weight))
         v = torch.zeros(F.shape[1], M, dtype=torch.float64, device=device)
         z = torch.zeros(X.shape[0], M, dtype=torch.float64, device=device)
+        systems = _NewtonSystems(basis)
         for c in self._wrap(order, desc="svm costs", total=len(order)):
-            n_iter[c] = _newton(F, y, a, costs[c], v, z, self.tol)
+            n_iter[c] = _newton(systems, y, a, costs[c], v, z, self.tol)
             w, b = basis.weights(v.float())
             coef[c], intercept[c] = w.cpu().numpy(), b.cpu().numpy()
             over_cap[c] = over_cap_bound(_objective(v, z, y, a, costs[c]).cpu().numpy(), max_row_sq, costs[c],
@@ -177,7 +193,7 @@ def _check_inputs(X: np.ndarray, Y: np.ndarray, mask: np.ndarray | None,
     return X, Y, mask
 
 
-class _Basis:
+class Basis:
     """F (N, r) with orthogonal columns spanning X~ = [X, 1]'s rows: X~ w~ = F v for w~ = the weights of v.
 
     The eigendecomposition behind it runs in float64: on the host for the device types in HOST_EIGH (scipy,
@@ -193,16 +209,15 @@ class _Basis:
         on_host = device.type in HOST_EIGH
         at = torch.device("cpu") if on_host else device
         if N <= D + 1:  # F = U sqrt(lambda) from the Gram matrix X~ X~^T = U lambda U^T
-            K = _gram(self.X, self.X.T, torch.empty(N, N, dtype=torch.float64, device=at))
-            K += 1.0
-            lam, U = _eigh_inplace(K, on_host)
-            del K
+            self.K = _gram(self.X, self.X.T, torch.empty(N, N, dtype=torch.float32, device=device))
+            lam, U = _eigh_inplace(self.K.to(at, torch.float64).add_(1.0), on_host)
             self.lam_min = float(lam[0]) if lam.numel() == N else 0.0
             U *= lam.sqrt()
             self.lam = lam.to(device, torch.float32)
             self.F = torch.empty(U.shape, dtype=torch.float32, device=device).copy_(U)
             self.V = None
         else:  # F = X~ V from the eigenvectors V of X~^T X~
+            self.K = None
             G = torch.empty(D + 1, D + 1, dtype=torch.float64, device=at)
             _gram(self.X.T, self.X, G[:D, :D])
             G[:D, D] = G[D, :D] = self.X.sum(0, dtype=torch.float64).to(at)
@@ -226,7 +241,7 @@ class _Basis:
 
 
 def _gram(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """out (float64, on its own device) = A @ B in float32 products, a block of GRAM_ROWS rows at a time."""
+    """out (on its own device and dtype) = A @ B in float32 products, a block of GRAM_ROWS rows at a time."""
     for start in range(0, A.shape[0], GRAM_ROWS):
         out[start:start + GRAM_ROWS] = A[start:start + GRAM_ROWS] @ B
     return out
@@ -252,7 +267,7 @@ def _objective(v: torch.Tensor, z: torch.Tensor, y: torch.Tensor, a: torch.Tenso
     return 0.5 * v.square().sum(0) + C * (a * xi * xi).sum(0)
 
 
-def _newton(F: torch.Tensor, y: torch.Tensor, a: torch.Tensor, C: float, v: torch.Tensor,
+def _newton(systems: _NewtonSystems, y: torch.Tensor, a: torch.Tensor, C: float, v: torch.Tensor,
             z: torch.Tensor, tol: float) -> np.ndarray:
     """Truncated Newton for all columns at cost C, updating v (r, M) and z = F v (N, M) in place (float64).
     Returns the Newton steps per column.
@@ -262,6 +277,7 @@ def _newton(F: torch.Tensor, y: torch.Tensor, a: torch.Tensor, C: float, v: torc
     margins z are accumulated in float64 from the steps' own products F d, so the squared hinge
     1 - y z keeps its precision when it is small (large C); a column whose step no longer moves v at
     float32 resolution stops too."""
+    F = systems.basis.F
     M = v.shape[1]
     steps = np.zeros(M, np.int64)
     live = torch.arange(M, device=v.device)
@@ -278,13 +294,99 @@ def _newton(F: torch.Tensor, y: torch.Tensor, a: torch.Tensor, C: float, v: torc
             break
         steps[live.cpu().numpy()] += 1
         act = (al * (xi > 0)).float()
-        d, u = _cg(F, act, C, grad.float(), _Preconditioner(F, act, C))
+        d, u = systems.direction(act, C, grad.float())
         d, u = d.double(), u.double()
         t = _line_search(vl, d, zl, u, yl, al, C)
         v[:, live] = vl + t * d
         z[:, live] = zl + t * u
         moved = t * d.norm(dim=0) > STALL_RTOL * vl.norm(dim=0)
     return steps
+
+
+class _NewtonSystems:
+    """Solves the Newton systems of a fit (CG's d and u = F d, float32) with the cheaper preconditioner.
+
+    Per Newton step, every column takes the Woodbury preconditioner (CG then needs a step or two) when the
+    float64 factors of all columns cost less than the block-preconditioned CG steps they replace (as many as
+    the last block CG took, ACTIVE_SET_CG_STEPS before the first), else the block one; all columns alike,
+    as a CG step reads F whatever the number of columns in it. Factors are held FACTOR_SHARE of X's bytes
+    at a time (at least one column)."""
+
+    def __init__(self, basis: Basis) -> None:
+        self.basis = basis
+        self.F64: torch.Tensor | None = None  # F in float64, made for the first Woodbury step
+        self.block_cg_steps = ACTIVE_SET_CG_STEPS
+        self.factor_bytes = FACTOR_SHARE * basis.X.numel() * basis.X.element_size()
+
+    def direction(self, act: torch.Tensor, C: float, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        F = self.basis.F
+        N, r = F.shape
+        inside = (act > 0).sum(0).double()
+        factor_flops = FACTOR_SLOWDOWN * float(inside.pow(3).sum()) / 3
+        if self.basis.K is None or factor_flops > self.block_cg_steps * 4.0 * N * r * act.shape[1]:
+            d, u, self.block_cg_steps = _cg(F, act, C, grad, _Preconditioner(F, act, C))
+            return d, u
+        if self.F64 is None:
+            self.F64 = F.double()
+        d = torch.empty_like(grad)
+        u = torch.empty(N, grad.shape[1], dtype=grad.dtype, device=grad.device)
+        for chunk in self._chunks(inside):
+            sub = act[:, chunk]
+            precond = _WoodburyPreconditioner(self.basis.K, self.F64, sub, C)
+            d[:, chunk], u[:, chunk], _ = _cg(F, sub, C, grad[:, chunk], precond)
+        return d, u
+
+    def _chunks(self, inside: torch.Tensor) -> list[slice]:
+        """Runs of columns whose float64 factors (inside^2 entries each) fit in factor_bytes."""
+        chunks, start, held = [], 0, 0.0
+        for i, size in enumerate((8 * inside.square()).tolist()):
+            if i > start and held + size > self.factor_bytes:
+                chunks.append(slice(start, i))
+                start, held = i, 0.0
+            held += size
+        chunks.append(slice(start, len(inside)))
+        return chunks
+
+
+class _WoodburyPreconditioner:
+    """The inverse of I + 2C F_s^T W F_s per column (s: its rows inside the margin, W their class weights)
+    through the Woodbury identity: r - F_s^T (W^-1 / 2C + K_ss + 1)^-1 F_s r, with the float64 Cholesky
+    factor of that small matrix, applied in float64 (in float32, r - F_s^T (...) cancels in the stiff
+    directions at large C and CG needs tens of steps). K_ss + 1 >= F_s F_s^T (F drops only rounding-noise
+    directions), so this is at least the exact inverse and positive definite; it equals it up to float32
+    rounding of K and F, and CG with it takes a step or two. A factorisation that fails (float32 K at a huge C) is retried with the diagonal
+    raised by K's float32 rounding bound, then left as the identity."""
+
+    def __init__(self, K: torch.Tensor, F64: torch.Tensor, act: torch.Tensor, C: float) -> None:
+        self.F64 = F64
+        self.rows: list[torch.Tensor] = []
+        self.chol: list[torch.Tensor | None] = []
+        for j in range(act.shape[1]):
+            rows = torch.nonzero(act[:, j]).squeeze(1)
+            A = K[rows[:, None], rows].double().add_(1.0)
+            A.diagonal().add_(act[rows, j].double().mul(2.0 * C).reciprocal())
+            L, info = torch.linalg.cholesky_ex(A)
+            if info and rows.numel():
+                A.diagonal().add_(rows.numel() * torch.finfo(torch.float32).eps * float(A.diagonal().max()))
+                L, info = torch.linalg.cholesky_ex(A)
+            self.rows.append(rows)
+            self.chol.append(None if info else L)
+
+    def keep(self, going: torch.Tensor) -> None:
+        """Drop the columns that left the batch."""
+        kept = going.tolist()
+        self.rows = [rows for rows, on in zip(self.rows, kept) if on]
+        self.chol = [L for L, on in zip(self.chol, kept) if on]
+
+    def solve(self, r: torch.Tensor) -> torch.Tensor:
+        """Apply the inverse to residuals r (r, columns)."""
+        r64 = r.double()
+        projected = self.F64 @ r64
+        inner = torch.zeros_like(projected)
+        for j, (rows, L) in enumerate(zip(self.rows, self.chol)):
+            if L is not None and rows.numel():
+                inner[rows, j] = torch.cholesky_solve(projected[rows, j].unsqueeze(1), L).squeeze(1)
+        return torch.addmm(r64, self.F64.T, inner, alpha=-1.0).float()
 
 
 class _Preconditioner:
@@ -322,8 +424,9 @@ class _Preconditioner:
 
 
 def _cg(F: torch.Tensor, act: torch.Tensor, C: float, grad: torch.Tensor,
-        precond: _Preconditioner) -> tuple[torch.Tensor, torch.Tensor]:
-    """Preconditioned CG on (I + 2C F^T act F) d = -grad per column (float32); returns d and u = F d.
+        precond: _Preconditioner | _WoodburyPreconditioner) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Preconditioned CG on (I + 2C F^T act F) d = -grad per column (float32); returns d, u = F d and the
+    number of CG steps.
 
     A column is done once its residual is below CG_RTOL of its gradient; done columns stay in the batch,
     frozen, until at most half of it is still going (fewer small operations than dropping each at once)."""
@@ -336,7 +439,7 @@ def _cg(F: torch.Tensor, act: torch.Tensor, C: float, grad: torch.Tensor,
     going = torch.ones_like(stop)
     p = precond.solve(r)
     rz = (r * p).sum(0)
-    for _ in range(MAX_CG):
+    for step in range(1, MAX_CG + 1):
         Fp = F @ p
         Hp = torch.addmm(p, F.T, act * Fp, alpha=2.0 * C)
         # H >= I, so p Hp >= |p|^2 > 0 unless p = 0 (a frozen column at an exact solution): 0, not 0 / 0
@@ -359,7 +462,7 @@ def _cg(F: torch.Tensor, act: torch.Tensor, C: float, grad: torch.Tensor,
         p = zr.addcmul_(rz_new / rz, p)
         rz = rz_new
     d_out[:, on], u_out[:, on] = d, u
-    return d_out, u_out
+    return d_out, u_out, step
 
 
 def _line_search(v: torch.Tensor, d: torch.Tensor, z: torch.Tensor, u: torch.Tensor, y: torch.Tensor,

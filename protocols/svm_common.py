@@ -7,12 +7,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from benchmark.config import check_split_fields
 from benchmark.errors import SslBenchError, did_you_mean
 from benchmark.features import check_features
 from benchmark.protocol import FeatureSet, RunContext
-from protocols.svm import BatchedLinearSVC, normalize_features
+from protocols.svm import Basis, BatchedLinearSVC, normalize_features
 from protocols.svm_liblinear import OVER_CAP, SETTINGS
 
 # PROTOCOLS.md, voc07_svm: VISSL's grid, and FAIR's (its list, then 0.5**n for n = 4..19), in their order
@@ -96,6 +97,13 @@ def make_svm(config: Any, ctx: RunContext, costs: Sequence[float]) -> BatchedLin
     """The solver with the config's weights, tolerance and solver, on the run's device."""
     return BatchedLinearSVC(costs, pos_weight=config.pos_weight, neg_weight=config.neg_weight, tol=config.tol,
                             solver=config.solver, device=ctx.device, progress=ctx.progress)
+
+
+def shared_basis(config: Any, ctx: RunContext, X: np.ndarray) -> Basis | None:
+    """The batched solver's eigendecomposition of X, for every fit on this X to share; None for liblinear."""
+    if config.solver != "batched":
+        return None
+    return Basis(np.ascontiguousarray(X, dtype=np.float32), torch.device(ctx.device))
 
 
 def scores_at(svm: BatchedLinearSVC, X: np.ndarray, cost: int, columns: Any = slice(None)) -> np.ndarray:

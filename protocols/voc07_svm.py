@@ -19,7 +19,8 @@ Edge cases, all recorded in details:
 All CV columns (fold, class) of a tap are one batched fit over the cost grid
 (one fit per class with solver=liblinear, so a killed run keeps finished classes);
 the refit is one more fit over the distinct chosen costs (with solver=liblinear,
-one per chosen cost over the classes that chose it). Resume keeps "cv:{tap}"
+one per chosen cost over the classes that chose it); the batched fits of a tap
+share one eigendecomposition of its features. Resume keeps "cv:{tap}"
 (or "cv:{tap}:{class}") and "tap:{tap}" in ctx.state.
 
 solver=batched (default) finds the exact optimum; solver=liblinear runs LinearSVC
@@ -44,8 +45,10 @@ from benchmark.errors import SslBenchError
 from benchmark.protocol import MetricSpec, Protocol, ProtocolResult, RunContext
 from benchmark.registry import PROTOCOLS
 from protocols.metrics import average_precision
+from protocols.svm import Basis
 from protocols.svm_common import (check_multilabel, check_svm_fields, class_names, first_best, make_svm,
-                                  nan_to_none, resolve_costs, scores_at, solver_details, splits_of, take_tap)
+                                  nan_to_none, resolve_costs, scores_at, shared_basis, solver_details, splits_of,
+                                  take_tap)
 
 PER_IMAGE_LIMIT = 200_000  # test scores (images x classes) kept in details for the best tap, for bootstrap
 
@@ -163,7 +166,8 @@ class Voc07SvmProtocol(Protocol):
             raise SslBenchError("voc07_svm: no class has positive and negative train images and a positive "
                                 "test image; check --data-root and the split lists")
 
-        cv_ap, folds_used = self._cross_validate(ctx, config, tap, costs, X, targets, rows, active, names)
+        basis = shared_basis(config, ctx, X)
+        cv_ap, folds_used = self._cross_validate(ctx, config, tap, costs, X, targets, rows, active, names, basis)
         usable = [c for c in active if np.isfinite(cv_ap[c]).any()]
         if not usable:
             raise SslBenchError(f"voc07_svm: no class has a usable {config.folds}-fold split of the train images "
@@ -179,7 +183,7 @@ class Voc07SvmProtocol(Protocol):
         over_cap = {}
         for grid_index, members in groups:
             svm = make_svm(config, ctx, [costs[k] for k in grid_index])
-            svm.fit(X, targets[:, members], rows[:, members])
+            svm.fit(X, targets[:, members], rows[:, members], basis=basis)
             for j, c in enumerate(members):
                 scores[:, c] = scores_at(svm, Q, grid_index.index(chosen[c]), [j])[:, 0]
                 over_cap[names[c]] = bool(svm.over_cap_[grid_index.index(chosen[c]), j])
@@ -209,7 +213,7 @@ class Voc07SvmProtocol(Protocol):
 
     def _cross_validate(self, ctx: RunContext, config: Voc07SvmConfig, tap: str, costs: tuple[float, ...],
                         X: np.ndarray, targets: np.ndarray, rows: np.ndarray, active: list[int],
-                        names: list[str]) -> tuple[np.ndarray, dict[str, list[int]]]:
+                        names: list[str], basis: Basis | None) -> tuple[np.ndarray, dict[str, list[int]]]:
         """CV AP (classes, costs), NaN where a class has no usable fold, and the folds used per class.
 
         Resumable: one state entry per tap (batched) or per (tap, class) (liblinear).
@@ -220,7 +224,7 @@ class Voc07SvmProtocol(Protocol):
         for chunk in chunks:
             key = f"cv:{tap}" if config.solver == "batched" else f"cv:{tap}:{names[chunk[0]]}"
             if key not in ctx.state:
-                ctx.state.put(key, self._cv_chunk(ctx, config, costs, X, targets, rows, chunk, names))
+                ctx.state.put(key, self._cv_chunk(ctx, config, costs, X, targets, rows, chunk, names, basis))
             stored = ctx.state.get(key)
             for c in chunk:
                 cv_ap[c] = [np.nan if v is None else v for v in stored["cv_ap"][names[c]]]
@@ -228,7 +232,8 @@ class Voc07SvmProtocol(Protocol):
         return cv_ap, folds_used
 
     def _cv_chunk(self, ctx: RunContext, config: Voc07SvmConfig, costs: tuple[float, ...], X: np.ndarray,
-                  targets: np.ndarray, rows: np.ndarray, chunk: list[int], names: list[str]) -> dict[str, Any]:
+                  targets: np.ndarray, rows: np.ndarray, chunk: list[int], names: list[str],
+                  basis: Basis | None) -> dict[str, Any]:
         """One fit over every usable (fold, class) column of `chunk`; CV AP per class and cost."""
         columns: list[tuple[int, int, np.ndarray]] = []  # (class, fold, validation rows)
         masks = []
@@ -245,7 +250,7 @@ class Voc07SvmProtocol(Protocol):
         per_fold = np.full((len(columns), len(costs)), np.nan)
         if columns:
             svm = make_svm(config, ctx, costs)
-            svm.fit(X, targets[:, [c for c, _, _ in columns]], np.stack(masks, axis=1))
+            svm.fit(X, targets[:, [c for c, _, _ in columns]], np.stack(masks, axis=1), basis=basis)
             for k in range(len(costs)):
                 scores = scores_at(svm, X, k)
                 for j, (c, _, val) in enumerate(columns):

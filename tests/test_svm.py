@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import average_precision_score
 from sklearn.svm import LinearSVC
@@ -114,6 +115,69 @@ def test_scratch_blocks_do_not_change_the_solution(monkeypatch, shape):
     monkeypatch.setattr(svm_module, "SCRATCH_FLOATS", 1000)
     pieces = BatchedLinearSVC([0.5, 50.0]).fit(X, Y, mask)
     _assert_same_fit(X, Y, mask, pieces, whole, [0.5, 50.0])
+
+
+@pytest.mark.parametrize("problem", ["N<D", "rank-deficient N<D"])
+def test_woodbury_and_block_preconditioners_reach_the_same_optimum(monkeypatch, problem):
+    """Every Newton system through the Woodbury preconditioner (in chunks of one column) or every one
+    through the block preconditioner: the same fit within the solver's stopping bound."""
+    if problem.startswith("rank"):
+        X, Y = _rank_deficient(60, 200)
+        mask = np.random.default_rng(5).random(Y.shape) < 0.75
+    else:
+        X, Y, mask = _problem(200, 400, columns=4, seed=21)
+    monkeypatch.setattr(svm_module, "FACTOR_SLOWDOWN", 1e30)  # factors never pay
+    used = _count_preconditioners(monkeypatch)
+    block = BatchedLinearSVC(COSTS).fit(X, Y, mask)
+    assert used == {"_Preconditioner"}
+    monkeypatch.setattr(svm_module, "FACTOR_SLOWDOWN", 0.0)  # factors always pay
+    monkeypatch.setattr(svm_module, "FACTOR_SHARE", 0.0)  # one column per chunk
+    used.clear()
+    woodbury = BatchedLinearSVC(COSTS).fit(X, Y, mask)
+    assert "_WoodburyPreconditioner" in used
+    _assert_same_fit(X, Y, mask, woodbury, block, COSTS)
+
+
+def _count_preconditioners(monkeypatch) -> set[str]:
+    """The names of the preconditioner classes that _cg is given from now on."""
+    used: set[str] = set()
+    original = svm_module._cg
+
+    def recording(F, act, C, grad, precond):
+        used.add(type(precond).__name__)
+        return original(F, act, C, grad, precond)
+
+    monkeypatch.setattr(svm_module, "_cg", recording)
+    return used
+
+
+def test_woodbury_preconditioner_is_the_inverse_hessian():
+    """On a well-conditioned system its solve is (I + 2C F_s^T W F_s)^-1 r in float64, to float32 accuracy
+    times the condition number."""
+    X, Y, _ = _problem(120, 300, columns=3, seed=8)
+    basis = svm_module.Basis(X, torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    act = torch.from_numpy((rng.random((120, 3)) < 0.4) * np.where(Y > 0, 2.0, 1.0)).float()
+    C = 0.5
+    r = torch.from_numpy(rng.normal(size=(basis.F.shape[1], 3))).float()
+    got = svm_module._WoodburyPreconditioner(basis.K, basis.F.double(), act, C).solve(r).double().numpy()
+    F = basis.F.double().numpy()
+    for j in range(3):
+        H = np.eye(F.shape[1]) + 2 * C * F.T @ (act[:, j].double().numpy()[:, None] * F)
+        want = np.linalg.solve(H, r[:, j].double().numpy())
+        bound = 64 * np.finfo(np.float32).eps * np.linalg.cond(H) * np.linalg.norm(r[:, j].numpy())
+        assert np.linalg.norm(got[:, j] - want) <= bound
+
+
+def test_shared_basis_gives_the_same_fit_and_must_match_the_features():
+    X, Y, mask = _problem(200, 300, columns=3, seed=4)
+    basis = svm_module.Basis(X, torch.device("cpu"))
+    alone = BatchedLinearSVC(COSTS).fit(X, Y, mask)
+    shared = BatchedLinearSVC(COSTS).fit(X, Y, mask, basis=basis)
+    np.testing.assert_array_equal(shared.coef_, alone.coef_)
+    np.testing.assert_array_equal(shared.intercept_, alone.intercept_)
+    with pytest.raises(SslBenchError, match="basis: built for"):
+        BatchedLinearSVC(COSTS).fit(X[:100], Y[:100], mask[:100], basis=basis)
 
 
 def _held_out_choice(X: np.ndarray, Y: np.ndarray, mask: np.ndarray, svm: BatchedLinearSVC) -> list[int]:

@@ -197,7 +197,8 @@ def test_resume_after_a_crash_gives_identical_metrics(tmp_path, problem, monkeyp
     fits = []
     original = svm_module.BatchedLinearSVC.fit
     monkeypatch.setattr(svm_module.BatchedLinearSVC, "fit",
-                        lambda self, X, Y, mask=None: fits.append(Y.shape) or original(self, X, Y, mask))
+                        lambda self, X, Y, mask=None, basis=None:
+                        fits.append(Y.shape) or original(self, X, Y, mask, basis))
     resumed = Voc07SvmProtocol().run(make_ctx(tmp_path, ["res4", "res5"], splits, PartialState(path)),
                                      FEW_COSTS)
     assert len(fits) == 2  # res5 only: the CV fit and the refit
@@ -220,7 +221,8 @@ def test_liblinear_solver_resumes_per_class(tmp_path, problem, monkeypatch) -> N
     fits = []
     original = svm_module.BatchedLinearSVC.fit
     monkeypatch.setattr(svm_module.BatchedLinearSVC, "fit",
-                        lambda self, X, Y, mask=None: fits.append(len(self.costs)) or original(self, X, Y, mask))
+                        lambda self, X, Y, mask=None, basis=None:
+                        fits.append(len(self.costs)) or original(self, X, Y, mask, basis))
     resumed = Voc07SvmProtocol().run(make_ctx(tmp_path, ["res4"], problem, PartialState(path)), config)
     chosen = resumed.details["per_class"]["res4"]["chosen_cost"]
     # CV fits over both costs for classes c3..c5 only, then one refit per chosen cost

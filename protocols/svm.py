@@ -354,8 +354,8 @@ class _WoodburyPreconditioner:
     factor of that small matrix, applied in float64 (in float32, r - F_s^T (...) cancels in the stiff
     directions at large C and CG needs tens of steps). K_ss + 1 >= F_s F_s^T (F drops only rounding-noise
     directions), so this is at least the exact inverse and positive definite; it equals it up to float32
-    rounding of K and F, and CG with it takes a step or two. A factorisation that fails (float32 K at a huge C) is retried with the diagonal
-    raised by K's float32 rounding bound, then left as the identity."""
+    rounding of K and F, and CG with it takes a step or two. A factorisation that fails (float32 K at a huge
+    C) is retried with the diagonal raised by K's float32 rounding bound, then left as the identity."""
 
     def __init__(self, K: torch.Tensor, F64: torch.Tensor, act: torch.Tensor, C: float) -> None:
         self.F64 = F64

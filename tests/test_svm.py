@@ -169,6 +169,24 @@ def test_woodbury_preconditioner_is_the_inverse_hessian():
         assert np.linalg.norm(got[:, j] - want) <= bound
 
 
+def test_woodbury_column_that_cannot_be_factorised_is_left_unpreconditioned():
+    """A small matrix that is not positive definite even after the rounding shift: identity for that column,
+    the inverse for the others."""
+    X, _, _ = _problem(40, 60, columns=1, seed=2)
+    basis = svm_module.Basis(X, torch.device("cpu"))
+    act = torch.ones(40, 2)
+    K = basis.K.clone()
+    K[:20, :20] -= 10.0 * torch.eye(20)  # rows 0..19, column 0's: indefinite; rows 20..39, column 1's: fine
+    act[20:, 0] = 0.0
+    act[:20, 1] = 0.0
+    r = torch.from_numpy(np.random.default_rng(1).normal(size=(basis.F.shape[1], 2))).float()
+    precond = svm_module._WoodburyPreconditioner(K, basis.F.double(), act, 1.0)
+    assert precond.chol[0] is None and precond.chol[1] is not None
+    out = precond.solve(r)
+    np.testing.assert_array_equal(out[:, 0].numpy(), r[:, 0].numpy())
+    assert not np.allclose(out[:, 1].numpy(), r[:, 1].numpy())
+
+
 def test_shared_basis_gives_the_same_fit_and_must_match_the_features():
     X, Y, mask = _problem(200, 300, columns=3, seed=4)
     basis = svm_module.Basis(X, torch.device("cpu"))

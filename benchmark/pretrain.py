@@ -48,6 +48,7 @@ class PretrainOptions:
     limit: int | None = None
     eval_every: int = 0  # epochs between kNN checks (0: none)
     eval_limit: int = 2000  # images per split of the kNN check
+    max_steps: int | None = None  # optimiser steps; when set, the schedule spans them instead of `epochs`
 
 
 def pretrain(options: PretrainOptions, progress_factory: Callable[..., Any] | None = None,
@@ -87,14 +88,18 @@ def pretrain(options: PretrainOptions, progress_factory: Callable[..., Any] | No
     input_spec = InputSpec(dataset.native_size or trunk.input_size, tuple(mean), tuple(std))
     recipe = recipe_cls()
     model = recipe.build(trunk, config, len(images))
+    # the views are cut from the frame the evaluation shows (Fashion-MNIST: padded to 32x32), not the bare image
+    images = dataset.open_split(split, dataset.frame_transform(input_spec.size))
     chosen = model.training_indices()  # the dataset items keep their index in the split
     trained = images if chosen is None else torch.utils.data.Subset(images, chosen.tolist())
     data = SeededAugmentation(trained, recipe.views(config, input_spec, dataset), seed=options.seed)
     config_dict = config_to_dict(config)
     identity = {"recipe": options.recipe, "recipe_version": recipe_cls.version, "arch": options.arch,
                 "dataset": dataset.digest(), "seed": options.seed,
-                **{f"config.{key}": value for key, value in config_dict.items()}}
-    spec = dataclasses.replace(config.train_spec(options.seed, sync_bn=recipe_cls.sync_bn), workers=options.workers)
+                **{f"config.{key}": value for key, value in config_dict.items()},
+                **({"max_steps": options.max_steps} if options.max_steps is not None else {})}
+    spec = dataclasses.replace(config.train_spec(options.seed, sync_bn=recipe_cls.sync_bn), workers=options.workers,
+                               max_steps=options.max_steps)
     trainer = Trainer(model, spec, device, out, identity, resume=options.resume, log=log,
                       progress=progress_factory)
     eval_limit = min(options.eval_limit, options.limit or options.eval_limit)

@@ -75,6 +75,16 @@ class ImageDataset(ABC):
             transforms.Normalize(mean, std),
         ])
 
+    def frame_transform(self, size: int) -> Any:
+        """PIL -> PIL: the frame a pretraining recipe's views are cut from, as `eval_transform(size)` frames it.
+
+        None (the image as read) unless the evaluation transform adds something
+        around the image (Fashion-MNIST's 2-pixel pad to 32x32): a recipe's
+        RandomResizedCrop at scale 1 must then show the object at the scale and
+        place the evaluation shows it.
+        """
+        return None
+
     def train_transform(self, mean: tuple[float, ...] = IMAGENET_MEAN,
                         std: tuple[float, ...] = IMAGENET_STD, size: int = 224) -> Any:
         """Training augmentation of the linear and fine-tuning protocols: RandomResizedCrop, flip, Normalize."""

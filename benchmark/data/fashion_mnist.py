@@ -182,6 +182,11 @@ class FashionMnist(ImageDataset):
             transforms.Normalize(mean, std),
         ])
 
+    def frame_transform(self, size: int) -> Any:
+        """Pad 2 at 32x32 (the evaluation's frame: a 28x28 garment on a black border); None at other sizes (Resize)."""
+        from torchvision import transforms
+        return transforms.Pad(2) if size == 32 else None
+
     def train_transform(self, mean: tuple[float, ...] = normalization[0], std: tuple[float, ...] = normalization[1],
                         size: int = 32) -> Any:
         """Pad 2, RandomResizedCrop(size) and flip at the native size, grey to 3 channels, Normalize."""

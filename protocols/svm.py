@@ -25,8 +25,8 @@ except on the CPU, where scipy's in-place one is faster and smaller. Memory,
 beyond X: the float64 eigendecomposition (two r x r or (D + 1)^2 matrices, 16
 bytes per entry, in place on the host; torch.linalg.eigh's workspace on a
 GPU) while the basis is built, then F (float32, N x r) and a few MB of scratch while
-solving; when N <= D + 1 also the Gram matrix (float32, N x N), and from the first
-Woodbury step F in float64 and Cholesky factors (FACTOR_SHARE of X's bytes).
+solving; when N <= D + 1 also the Gram matrix (float32, N x N) and, at Woodbury
+steps, Cholesky factors (FACTOR_SHARE of X's bytes).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ CG_RTOL = 0.01  # inexact Newton: CG stops at this fraction of the gradient norm
 # in all: the Newton steps it saves at large C are worth more than the extra CG steps)
 ACTIVE_SET_CG_STEPS = 20  # block-preconditioned CG steps per Newton step assumed before the first is seen
 FACTOR_SLOWDOWN = 4.0  # a float64 Cholesky flop against a float32 matrix product flop (2 CPU cores: 4-5)
-FACTOR_SHARE = 0.25  # Woodbury factors held at once, as a share of X's bytes
+FACTOR_SHARE = 0.5  # Woodbury factors held at once, as a share of X's bytes
 GRAM_ROWS = 256  # rows per float32 block of a Gram matrix on its way into the float64 one
 SCRATCH_FLOATS = 1 << 20  # the preconditioner's scratch: a few MB, reused from step to step
 # device types whose eigendecomposition runs in scipy on the host: in place (half the memory of
@@ -314,7 +314,6 @@ class _NewtonSystems:
 
     def __init__(self, basis: Basis) -> None:
         self.basis = basis
-        self.F64: torch.Tensor | None = None  # F in float64, made for the first Woodbury step
         self.block_cg_steps = ACTIVE_SET_CG_STEPS
         self.factor_bytes = FACTOR_SHARE * basis.X.numel() * basis.X.element_size()
 
@@ -326,13 +325,11 @@ class _NewtonSystems:
         if self.basis.K is None or factor_flops > self.block_cg_steps * 4.0 * N * r * act.shape[1]:
             d, u, self.block_cg_steps = _cg(F, act, C, grad, _Preconditioner(F, act, C))
             return d, u
-        if self.F64 is None:
-            self.F64 = F.double()
         d = torch.empty_like(grad)
         u = torch.empty(N, grad.shape[1], dtype=grad.dtype, device=grad.device)
         for chunk in self._chunks(inside):
             sub = act[:, chunk]
-            precond = _WoodburyPreconditioner(self.basis.K, self.F64, sub, C)
+            precond = _WoodburyPreconditioner(self.basis.K, F, sub, C)
             d[:, chunk], u[:, chunk], _ = _cg(F, sub, C, grad[:, chunk], precond)
         return d, u
 
@@ -351,14 +348,14 @@ class _NewtonSystems:
 class _WoodburyPreconditioner:
     """The inverse of I + 2C F_s^T W F_s per column (s: its rows inside the margin, W their class weights)
     through the Woodbury identity: r - F_s^T (W^-1 / 2C + K_ss + 1)^-1 F_s r, with the float64 Cholesky
-    factor of that small matrix, applied in float64 (in float32, r - F_s^T (...) cancels in the stiff
-    directions at large C and CG needs tens of steps). K_ss + 1 >= F_s F_s^T (F drops only rounding-noise
+    factor of that small matrix, applied in float64 (F converted GRAM_ROWS rows at a time: in float32,
+    r - F_s^T (...) cancels in the stiff directions at large C and CG needs tens of steps). K_ss + 1 >= F_s F_s^T (F drops only rounding-noise
     directions), so this is at least the exact inverse and positive definite; it equals it up to float32
     rounding of K and F, and CG with it takes a step or two. A factorisation that fails (float32 K at a huge
     C) is retried with the diagonal raised by K's float32 rounding bound, then left as the identity."""
 
-    def __init__(self, K: torch.Tensor, F64: torch.Tensor, act: torch.Tensor, C: float) -> None:
-        self.F64 = F64
+    def __init__(self, K: torch.Tensor, F: torch.Tensor, act: torch.Tensor, C: float) -> None:
+        self.F = F
         self.rows: list[torch.Tensor] = []
         self.chol: list[torch.Tensor | None] = []
         for j in range(act.shape[1]):
@@ -381,12 +378,15 @@ class _WoodburyPreconditioner:
     def solve(self, r: torch.Tensor) -> torch.Tensor:
         """Apply the inverse to residuals r (r, columns)."""
         r64 = r.double()
-        projected = self.F64 @ r64
+        blocks = [slice(start, start + GRAM_ROWS) for start in range(0, self.F.shape[0], GRAM_ROWS)]
+        projected = torch.cat([self.F[rows].double() @ r64 for rows in blocks])
         inner = torch.zeros_like(projected)
         for j, (rows, L) in enumerate(zip(self.rows, self.chol)):
             if L is not None and rows.numel():
                 inner[rows, j] = torch.cholesky_solve(projected[rows, j].unsqueeze(1), L).squeeze(1)
-        return torch.addmm(r64, self.F64.T, inner, alpha=-1.0).float()
+        for rows in blocks:
+            r64.addmm_(self.F[rows].double().T, inner[rows], alpha=-1.0)
+        return r64.float()
 
 
 class _Preconditioner:

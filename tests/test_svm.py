@@ -160,7 +160,7 @@ def test_woodbury_preconditioner_is_the_inverse_hessian():
     act = torch.from_numpy((rng.random((120, 3)) < 0.4) * np.where(Y > 0, 2.0, 1.0)).float()
     C = 0.5
     r = torch.from_numpy(rng.normal(size=(basis.F.shape[1], 3))).float()
-    got = svm_module._WoodburyPreconditioner(basis.K, basis.F.double(), act, C).solve(r).double().numpy()
+    got = svm_module._WoodburyPreconditioner(basis.K, basis.F, act, C).solve(r).double().numpy()
     F = basis.F.double().numpy()
     for j in range(3):
         H = np.eye(F.shape[1]) + 2 * C * F.T @ (act[:, j].double().numpy()[:, None] * F)
@@ -180,7 +180,7 @@ def test_woodbury_column_that_cannot_be_factorised_is_left_unpreconditioned():
     act[20:, 0] = 0.0
     act[:20, 1] = 0.0
     r = torch.from_numpy(np.random.default_rng(1).normal(size=(basis.F.shape[1], 2))).float()
-    precond = svm_module._WoodburyPreconditioner(K, basis.F.double(), act, 1.0)
+    precond = svm_module._WoodburyPreconditioner(K, basis.F, act, 1.0)
     assert precond.chol[0] is None and precond.chol[1] is not None
     out = precond.solve(r)
     np.testing.assert_array_equal(out[:, 0].numpy(), r[:, 0].numpy())

@@ -13,19 +13,20 @@ columns), so every product is N x r with r = min(N, D + 1). Each cost is a
 truncated Newton (preconditioned CG) with exact line search on the piecewise
 quadratic (Keerthi & DeCoste 2005), warm-started from the previous cost;
 converged problems leave the batch, and columns stop moving in CG as soon as
-their own residual is small enough. The Newton system I + 2C F_s^T W F_s (s:
-the rows inside the margin) is preconditioned per column by whichever is
-cheaper: its block on the leading directions plus its diagonal on the rest, or,
-when few rows are inside the margin (large C, where the first needs hundreds of
-CG steps) and N <= D + 1, its exact inverse through the Woodbury identity on the
-Gram matrix of those rows (then CG takes a few steps).
+their own residual is small enough. At each Newton step, the systems
+I + 2C F_s^T W F_s (s: the rows inside the margin) of all columns are
+preconditioned alike, by whichever is cheaper for the step: each one's block on
+the leading directions plus its diagonal on the rest, or, when few rows are
+inside the margin (large C, where the first needs hundreds of CG steps) and
+N <= D + 1, its exact inverse through the Woodbury identity on the Gram matrix
+of those rows (then CG takes a step or two).
 
 Everything runs on the solver's device (torch), the eigendecomposition too
 except on the CPU, where scipy's in-place one is faster and smaller. Memory,
 beyond X: the float64 eigendecomposition (two r x r or (D + 1)^2 matrices, 16
 bytes per entry, in place on the host; torch.linalg.eigh's workspace on a
-GPU) while the basis is built, then F (float32, N x r) and a few MB of scratch while
-solving; when N <= D + 1 also the Gram matrix (float32, N x N) and, at Woodbury
+GPU) while the basis is built, then F (float32, N x r) and a few MB of scratch
+while solving; when N <= D + 1 also the Gram matrix (float32, N x N) and, at Woodbury
 steps, Cholesky factors (FACTOR_SHARE of X's bytes).
 """
 

@@ -92,7 +92,10 @@ def pretrain(options: PretrainOptions, progress_factory: Callable[..., Any] | No
     images = dataset.open_split(split, dataset.frame_transform(input_spec.size))
     chosen = model.training_indices()  # the dataset items keep their index in the split
     trained = images if chosen is None else torch.utils.data.Subset(images, chosen.tolist())
-    data = SeededAugmentation(trained, recipe.views(config, input_spec, dataset), seed=options.seed)
+    # views may be smaller than the evaluation's frame (view_size): cheaper steps, and random crops then show
+    # objects at about the scale the evaluation sees them (Touvron et al. 2019, "FixRes")
+    view_spec = dataclasses.replace(input_spec, size=config.view_size) if config.view_size else input_spec
+    data = SeededAugmentation(trained, recipe.views(config, view_spec, dataset), seed=options.seed)
     config_dict = config_to_dict(config)
     identity = {"recipe": options.recipe, "recipe_version": recipe_cls.version, "arch": options.arch,
                 "dataset": dataset.digest(), "seed": options.seed,

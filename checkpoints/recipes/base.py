@@ -38,11 +38,14 @@ class RecipeConfig:
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     amp: str = "auto"
     save_every: int = 200  # optimiser steps between training states
+    view_size: int = 0  # side of the training views in pixels; 0: the evaluation's input size
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "save_every"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected an integer >= 1, got {getattr(self, name)!r}")
+        if not is_int(self.view_size) or self.view_size < 0:
+            raise ValueError(f"view_size: expected an integer >= 0 (0: the evaluation's size), got {self.view_size!r}")
         if not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise ValueError(f"lr: expected a number > 0, got {self.lr!r}")
         if self.optimizer not in ("sgd", "lars", "adamw"):

@@ -8,6 +8,7 @@ from torchvision import transforms
 
 import benchmark.pretrain as pretrain_module
 from benchmark.data.fashion_mnist import FashionMnist
+from benchmark.errors import SslBenchError
 from benchmark.pretrain import PretrainOptions, pretrain
 from benchmark.protocol import InputSpec
 
@@ -82,6 +83,6 @@ def test_view_size_resizes_the_whole_frame(monkeypatch, tmp_path) -> None:
 
 
 def test_view_size_must_be_a_non_negative_integer(tmp_path) -> None:
-    with pytest.raises(Exception, match="view_size"):
+    with pytest.raises(SslBenchError, match="view_size: expected an integer >= 0"):
         pretrain(PretrainOptions(recipe="simclr", out=tmp_path, arch="resnet18", limit=32, workers=0, batch_size=16,
                                  overrides={"view_size": "-1"}))
